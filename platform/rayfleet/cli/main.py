@@ -1,0 +1,35 @@
+"""The `rayfleet` command: one typer app; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from rayfleet.cli import data_commands, run_commands, spec_commands
+from rayfleet.cli.output import set_debug
+
+app = typer.Typer(
+    name="rayfleet",
+    help="Train, tune and serve PyTorch models on Ray and Kubernetes from one job spec.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+    set_debug(debug)
+
+
+app.command()(spec_commands.validate)
+app.command()(spec_commands.schema)
+app.command()(run_commands.run)
+app.add_typer(data_commands.app, name="data")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

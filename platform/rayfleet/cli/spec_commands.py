@@ -1,0 +1,37 @@
+"""`rayfleet validate` and `rayfleet schema`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from rayfleet.cli.output import console, handle_errors
+from rayfleet.specs import KINDS, json_schema, load_spec
+
+SetOption = typer.Option(
+    None, "--set", help="Override a spec field: key.path=value (repeatable), e.g. spec.run.epochs=3"
+)
+
+
+@handle_errors
+def validate(
+    spec: Path = typer.Argument(..., help="Job spec YAML file."),
+    overrides: list[str] = SetOption,
+) -> None:
+    """Validate a job spec and print what it resolves to."""
+    job = load_spec(spec, overrides or [])
+    console.print(f"[green]valid[/] {job.kind} {job.name}", highlight=False)
+    console.print(f"  storage: {job.storage_uri()}", highlight=False)
+    if job.spec.dataset:
+        console.print(f"  dataset: {job.dataset_uri()}", highlight=False)
+    console.print(f"  run:     {job.run_uri()}", highlight=False)
+
+
+@handle_errors
+def schema(
+    kind: str = typer.Argument("TrainJob", help=f"Spec kind: {', '.join(KINDS)}."),
+) -> None:
+    """Print the JSON Schema of a spec kind (generated from the pydantic models)."""
+    typer.echo(json.dumps(json_schema(kind), indent=2))

@@ -1,0 +1,168 @@
+"""Verified checkpoints: a manifest of every file's size and sha256, written last.
+
+A checkpoint directory without a manifest, or whose files don't match it, is not a
+checkpoint: it is what an interrupted upload, a full disk or a killed worker leaves behind.
+Resume and model loading call `newest_verified`, which walks checkpoints newest first and
+returns the first one that verifies together with every newer one it skipped and why, so the
+user can see what happened instead of silently training from an older state.
+
+Directory names carry the epoch (`checkpoint_e000007`) so "newest" is a property of the name,
+not of object-store timestamps, which S3-compatible stores don't all keep faithfully.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from rayfleet.errors import CheckpointError
+from rayfleet.storage.filesystem import read_bytes
+
+MANIFEST = "rayfleet-manifest.json"
+MANIFEST_VERSION = 1
+_CKPT_DIR = re.compile(r"^checkpoint_e(\d{6})$")
+_CHUNK = 1 << 20
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"checkpoint_e{epoch:06d}"
+
+
+def _sha256_stream(stream) -> str:
+    digest = hashlib.sha256()
+    while chunk := stream.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(local_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hash every file under `local_dir` and write the manifest last (atomically, locally).
+
+    `meta` (epoch, metrics, model signature, ...) is stored in the manifest so a reader learns
+    what a checkpoint holds from one small object.
+    """
+    root = Path(local_dir)
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        with path.open("rb") as f:
+            files.append(
+                {
+                    "path": path.relative_to(root).as_posix(),
+                    "size": path.stat().st_size,
+                    "sha256": _sha256_stream(f),
+                }
+            )
+    manifest = {"version": MANIFEST_VERSION, "files": files, "meta": meta or {}}
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, root / MANIFEST)
+    return manifest
+
+
+@dataclass
+class Verification:
+    ok: bool
+    reason: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def verify(fs: pafs.FileSystem, path: str, *, hash_files: bool = True) -> Verification:
+    """Check a checkpoint directory against its manifest: presence, sizes, then sha256."""
+    try:
+        raw = read_bytes(fs, f"{path}/{MANIFEST}")
+    except FileNotFoundError:
+        return Verification(False, "no manifest (incomplete or interrupted write)")
+    try:
+        manifest = json.loads(raw)
+        entries = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        return Verification(False, "manifest is not valid JSON")
+    if not entries:
+        return Verification(False, "manifest lists no files")
+    infos = fs.get_file_info([f"{path}/{e['path']}" for e in entries])
+    for entry, info in zip(entries, infos):
+        if info.type == pafs.FileType.NotFound:
+            return Verification(False, f"{entry['path']} is missing")
+        if info.size != entry["size"]:
+            return Verification(
+                False, f"{entry['path']} has {info.size} bytes, manifest says {entry['size']}"
+            )
+    if hash_files:
+        for entry in entries:
+            with fs.open_input_stream(f"{path}/{entry['path']}") as f:
+                if _sha256_stream(f) != entry["sha256"]:
+                    return Verification(False, f"{entry['path']} sha256 does not match manifest")
+    return Verification(True, manifest=manifest)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint that verified: where it is and what its manifest says."""
+
+    path: str  # filesystem path (bucket/key or absolute)
+    epoch: int
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skipped {self.name}: {self.reason}"
+
+
+def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, str]]:
+    """(epoch, path) of every checkpoint directory under a run, newest first."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    found = []
+    for info in infos:
+        m = _CKPT_DIR.match(info.base_name)
+        if m and info.type == pafs.FileType.Directory:
+            found.append((int(m.group(1)), info.path))
+    return sorted(found, reverse=True)
+
+
+def newest_verified(
+    fs: pafs.FileSystem, run_path: str
+) -> tuple[CheckpointRef | None, list[Skipped]]:
+    """The newest checkpoint under `run_path` whose manifest verifies, and what was skipped."""
+    skipped: list[Skipped] = []
+    for epoch, path in list_checkpoints(fs, run_path):
+        result = verify(fs, path)
+        if result.ok:
+            return CheckpointRef(path, epoch, result.manifest.get("meta", {})), skipped
+        skipped.append(Skipped(path.rsplit("/", 1)[-1], result.reason))
+    return None, skipped
+
+
+def download_verified(fs: pafs.FileSystem, path: str, local_dir: str | Path) -> dict[str, Any]:
+    """Copy a checkpoint to `local_dir` and verify the local copy; returns its manifest.
+
+    Verifying the copy (not only the source) means what gets loaded is exactly what was
+    hashed, even if the store changed between the check and the download.
+    """
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        path, str(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
+    result = verify(pafs.LocalFileSystem(), str(local_dir))
+    if not result.ok:
+        raise CheckpointError(f"checkpoint {path}: {result.reason}; it cannot be loaded")
+    return result.manifest

@@ -1,0 +1,81 @@
+"""Turn a StorageURI into the `pyarrow.fs` filesystem every reader and writer uses.
+
+All file I/O goes through pyarrow.fs because that is what Ray Train takes for its storage;
+using the same object for datasets and checkpoints means one set of S3 settings, one retry
+policy and one credential chain. Credentials are never passed explicitly: the AWS SDK's
+default chain (environment, shared profile, web identity / IRSA, instance metadata) resolves
+them in whichever process opens the filesystem, so a pickled filesystem carries no secrets to
+Ray workers and pods use their own ServiceAccount identity.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from rayfleet.storage.uri import StorageURI
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """S3 connection settings from the standard AWS environment variables."""
+
+    region: str
+    endpoint_url: str | None  # for S3-compatible stores (MinIO, moto, Ceph)
+    connect_timeout: float = 5.0
+    request_timeout: float = 20.0
+    max_attempts: int = 6
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = (
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        )
+        return cls(region=region, endpoint_url=endpoint or None)
+
+    def describe(self) -> str:
+        return f"endpoint {self.endpoint_url}" if self.endpoint_url else f"region {self.region}"
+
+
+def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
+    """An S3 filesystem with bounded timeouts and retries (so an outage fails, not hangs)."""
+    settings = settings or S3Settings.from_env()
+    kwargs: dict = {
+        "region": settings.region,
+        "connect_timeout": settings.connect_timeout,
+        "request_timeout": settings.request_timeout,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=settings.max_attempts),
+    }
+    if settings.endpoint_url:
+        parsed = urlparse(settings.endpoint_url)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: StorageURI, settings: S3Settings | None = None) -> pafs.FileSystem:
+    """The pyarrow filesystem that holds `uri`; pair it with `uri.fs_path`."""
+    if uri.is_s3:
+        return s3_filesystem(settings)
+    return pafs.LocalFileSystem()
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -1,0 +1,293 @@
+"""Run a TrainJob on Ray Train: preflight, TorchTrainer, progress, and driver-level retries.
+
+The order matters and is the point of this module:
+
+1. everything that can be wrong with the input is checked before Ray starts (spec, storage
+   preflight, dataset descriptor), so bad input fails in seconds with one line;
+2. Ray Train's `FailureConfig` restarts the worker group after worker failures, and the loop
+   resumes from the newest verified checkpoint (see `session.resume_checkpoint`);
+3. errors Ray Train does not retry — the controller failing, e.g. when storage drops out
+   while it writes its snapshot — are retried here, a bounded number of times, by relaunching
+   the same run name once storage answers again. Each relaunch resumes; none starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayfleet.data.layout import read_info
+from rayfleet.errors import StorageError, WorkFailedError
+from rayfleet.specs import TrainJob
+from rayfleet.storage.checkpoints import newest_verified
+from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.preflight import preflight
+from rayfleet.train import record
+from rayfleet.train.recipes import RECIPES
+
+Event = dict[str, Any]
+EventHandler = Callable[[Event], None]
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.2
+_STORAGE_WAIT_S = 120.0
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_uri: str
+    checkpoint_uri: str | None
+    epoch: int | None
+    metrics: dict[str, Any]
+    attempts: int
+    elapsed_s: float
+    skipped: list[str] = field(default_factory=list)
+
+
+def ensure_ray(*, verbose: bool = False) -> bool:
+    """Start an embedded local Ray sized to this machine unless one is connected.
+
+    Returns True when this call started Ray (the caller then shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(
+        address=address or None,
+        num_cpus=None if address else os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+        configure_logging=True,
+    )
+    return True
+
+
+def _progress_channel():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ProgressChannel:
+        """Events from rank 0 to the driver: step progress, epochs, resume notes, pids."""
+
+        def __init__(self):
+            self._events: list[Event] = []
+
+        def push(self, event: Event) -> None:
+            self._events.append(event)
+
+        def drain(self) -> list[Event]:
+            events, self._events = self._events, []
+            return events
+
+    return ProgressChannel.remote()
+
+
+class _Poller(threading.Thread):
+    """Drains the channel into the handler while fit() blocks the main thread."""
+
+    def __init__(self, channel, handler: EventHandler):
+        super().__init__(daemon=True, name="rayfleet-progress")
+        self.channel, self.handler = channel, handler
+        self.stopping = threading.Event()
+
+    def flush(self) -> None:
+        import ray
+
+        for event in ray.get(self.channel.drain.remote()):
+            self.handler(event)
+
+    def run(self) -> None:
+        while not self.stopping.wait(_POLL_S):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a display hiccup must never fail the run
+                log.debug("progress poll failed", exc_info=True)
+
+
+def _train_config(job: TrainJob, channel, sys_path: list[str]) -> dict[str, Any]:
+    """The plain-data config every worker's `session.worker_main` receives."""
+    spec = job.spec
+    recipe = RECIPES.get(spec.model.recipe or "")
+    return {
+        "target": recipe.target if recipe else spec.model.entrypoint,
+        "sys_path": list(sys_path),
+        "user_config": dict(spec.model.config),
+        "run_uri": str(job.run_uri()),
+        "dataset_uri": str(job.dataset_uri()) if spec.dataset else None,
+        "epochs": spec.run.epochs,
+        "batch_size": spec.run.batch_size,
+        "learning_rate": spec.run.learning_rate,
+        "seed": spec.run.seed,
+        "use_gpu": spec.scaling.use_gpu,
+        "mixed_precision": spec.run.mixed_precision,
+        "checkpoint_every": spec.checkpoint.every_epochs,
+        "channel": channel,
+    }
+
+
+def build_trainer(job: TrainJob, channel, sys_path: list[str] | None = None):
+    """The TorchTrainer for a job: DDP (gloo on CPU, NCCL on GPU), storage, failure policy."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayfleet.train.session import worker_main
+
+    spec = job.spec
+    storage = job.storage_uri()
+    config = _train_config(job, channel, sys_path or [])
+    resources = {"CPU": spec.scaling.cpus_per_worker}
+    if spec.scaling.gpus:
+        resources["GPU"] = spec.scaling.gpus
+    return TorchTrainer(
+        worker_main,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=storage.join("runs").fs_path,
+            storage_filesystem=filesystem_for(storage),
+            failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        ),
+    )
+
+
+def retry_reason(exc: BaseException) -> str | None:
+    """Why a failed fit() is worth relaunching, or None when it is not.
+
+    Controller errors (Ray Train gives up on its own bookkeeping, e.g. storage dropped out
+    while it wrote its snapshot) and worker failures that are all I/O errors are transient;
+    a bug in the training loop is not, and retrying it would only repeat the failure.
+    """
+    from ray.train import ControllerError, WorkerGroupError
+
+    if isinstance(exc, ControllerError):
+        return f"controller error: {str(exc.controller_failure).splitlines()[0][:160]}"
+    if isinstance(exc, WorkerGroupError) and exc.worker_failures:
+        if all(_is_io_error(e) for e in exc.worker_failures.values()):
+            first = next(iter(exc.worker_failures.values()))
+            return f"storage error on workers: {str(first).splitlines()[0][:160]}"
+    return None
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+            return True
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+        seen += 1
+    return False
+
+
+def _wait_for_storage(job: TrainJob, notify: EventHandler) -> None:
+    deadline = time.monotonic() + _STORAGE_WAIT_S
+    delay = 1.0
+    while True:
+        try:
+            preflight(job.storage_uri())
+            return
+        except StorageError as exc:
+            if time.monotonic() > deadline:
+                raise
+            notify({"type": "log", "message": f"waiting for storage: {exc}"})
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def check_inputs(job: TrainJob) -> None:
+    """Everything checkable before Ray starts: storage preflight, then the dataset."""
+    preflight(job.storage_uri())
+    if (dataset := job.dataset_uri()) is not None:
+        read_info(filesystem_for(dataset), dataset)
+
+
+def run_train_job(
+    job: TrainJob,
+    *,
+    on_event: EventHandler | None = None,
+    sys_path: list[str] | None = None,
+    verbose: bool = False,
+) -> RunResult:
+    """Run a TrainJob to completion on local or connected Ray and return its final state.
+
+    Raises BadInputError subclasses before anything starts, WorkFailedError when training
+    fails past its retries.
+    """
+    from ray.train import TrainingFailedError
+
+    started = time.monotonic()
+    notify = on_event or (lambda event: None)
+    check_inputs(job)
+    run_uri = job.run_uri()
+    fs = filesystem_for(run_uri)
+    record.write(fs, run_uri, job, status="RUNNING")
+
+    owns_ray = ensure_ray(verbose=verbose)
+    channel = _progress_channel()
+    poller = _Poller(channel, notify)
+    poller.start()
+    attempts = 0
+    try:
+        while True:
+            attempts += 1
+            try:
+                build_trainer(job, channel, sys_path).fit()
+                break
+            except TrainingFailedError as exc:
+                reason = retry_reason(exc)
+                if reason is None or attempts > job.spec.failure.max_driver_retries:
+                    poller.flush()
+                    record.write(fs, run_uri, job, status="FAILED", error=str(exc), attempts=attempts)
+                    detail = str(exc).strip().splitlines()[-1][:300]
+                    raise WorkFailedError(
+                        f"run {job.name} failed after {attempts} attempt(s): {detail}; "
+                        f"logs: rerun with --verbose; state so far: {run_uri}"
+                    ) from exc
+                notify({"type": "log", "message": f"{reason}; relaunching run (retry {attempts})"})
+                _wait_for_storage(job, notify)
+    finally:
+        poller.stopping.set()
+        poller.join(timeout=5)
+        try:
+            poller.flush()
+        except Exception:  # noqa: BLE001 - best effort, Ray may be going away
+            pass
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+    ref, skipped = newest_verified(fs, run_uri.fs_path)
+    if ref is None:
+        raise WorkFailedError(
+            f"run {job.name} finished but no verified checkpoint exists under {run_uri}"
+        )
+    checkpoint_uri = f"s3://{ref.path}" if run_uri.is_s3 else ref.path
+    result = RunResult(
+        name=job.name,
+        run_uri=str(run_uri),
+        checkpoint_uri=checkpoint_uri,
+        epoch=ref.epoch,
+        metrics=ref.meta.get("metrics", {}),
+        attempts=attempts,
+        elapsed_s=time.monotonic() - started,
+        skipped=[str(s) for s in skipped],
+    )
+    record.write(fs, run_uri, job, status="SUCCEEDED", result=result)
+    return result

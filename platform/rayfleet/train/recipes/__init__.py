@@ -1,0 +1,29 @@
+"""Built-in training recipes, by the name a spec's `model.recipe` uses.
+
+The registry is plain data (no torch import), so validating a spec stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    target: str  # module:function, a per-worker loop taking the config dict
+    needs_dataset: bool
+    summary: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "digits-cnn": Recipe(
+        "rayfleet.train.recipes.digits:train_loop",
+        needs_dataset=True,
+        summary="small CNN on 8x8 handwritten digits (the quickstart)",
+    ),
+    "synthetic-mlp": Recipe(
+        "rayfleet.train.recipes.synthetic:train_loop",
+        needs_dataset=False,
+        summary="784-1024-1024-10 MLP on generated tensors (benchmarks)",
+    ),
+}

@@ -1,0 +1,247 @@
+"""What a per-worker training loop can ask rayfleet for: its data, where to resume, how to report.
+
+Built-in recipes and user entrypoints (`model.entrypoint: pkg.mod:fn`) use the same helpers,
+so a user loop gets verified checkpoints and exact resume without reimplementing them:
+
+    from rayfleet.train import session
+
+    def train(config):
+        ctx = session.context()
+        shard = session.dataset_shard("train")
+        start = 0
+        if (resume := session.resume_checkpoint()) is not None:
+            state = torch.load(resume.path / "state.pt", weights_only=True)
+            start = resume.epoch + 1
+        for epoch in range(start, ctx.epochs):
+            ...
+            session.report({"loss": loss}, epoch=epoch, checkpoint_dir=folder_on_rank0_or_None)
+
+`report` hashes the checkpoint folder into a manifest before Ray Train uploads it, and
+`resume_checkpoint` picks the newest checkpoint that verifies (logging the ones it skipped),
+downloads it and verifies the local copy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayfleet.storage.checkpoints import (
+    checkpoint_dir_name,
+    download_verified,
+    newest_verified,
+    write_manifest,
+)
+from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.uri import StorageURI, parse_uri
+
+_PROGRESS_INTERVAL_S = 0.25
+
+
+@dataclass
+class Resume:
+    """A verified checkpoint copied to local disk."""
+
+    path: Path
+    epoch: int
+    meta: dict[str, Any]
+
+
+@dataclass
+class WorkerContext:
+    """Everything a loop needs about its run; built once per worker by the launcher."""
+
+    rank: int
+    world_size: int
+    run_uri: StorageURI
+    dataset_uri: StorageURI | None
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    use_gpu: bool
+    mixed_precision: str
+    checkpoint_every: int
+    config: dict[str, Any]
+    channel: Any = None  # ProgressChannel actor handle, or None
+    _resume: Resume | None = None
+    _resume_resolved: bool = False
+    _last_progress: float = 0.0
+    _scratch: list = field(default_factory=list)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    def should_checkpoint(self, epoch: int) -> bool:
+        """Every N epochs, and always the last one (final weights are always kept)."""
+        return (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.epochs
+
+
+_CTX: WorkerContext | None = None
+
+
+def _set_context(ctx: WorkerContext | None) -> None:
+    global _CTX
+    _CTX = ctx
+
+
+def context() -> WorkerContext:
+    if _CTX is None:
+        raise RuntimeError("rayfleet.train.session is only available inside a rayfleet training loop")
+    return _CTX
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Send an event to the driver (fire-and-forget); a no-op without a channel."""
+    ctx = context()
+    if ctx.channel is not None:
+        ctx.channel.push.remote({"rank": ctx.rank, **event})
+
+
+def log(message: str) -> None:
+    """A line for the user, shown by the driver (and in the worker's own log)."""
+    print(f"[rayfleet rank {context().rank}] {message}", flush=True)
+    emit({"type": "log", "message": message})
+
+
+def progress_due(step: int | None = None, steps: int | None = None) -> bool:
+    """Whether `progress` would send now; check it before computing costly metrics."""
+    ctx = context()
+    if not ctx.is_leader:
+        return False
+    return step == steps or time.monotonic() - ctx._last_progress >= _PROGRESS_INTERVAL_S
+
+
+def progress(epoch: int, step: int, steps: int, **metrics: float) -> None:
+    """Step progress from rank 0, throttled so it never slows the training loop."""
+    if not progress_due(step, steps):
+        return
+    context()._last_progress = time.monotonic()
+    emit({"type": "step", "epoch": epoch, "step": step, "steps": steps, **metrics})
+
+
+def dataset_shard(split: str = "train", *, equal: bool | None = None):
+    """This worker's rows of a dataset split (equal-sized for train, all rows for val)."""
+    from rayfleet.data.layout import read_info
+    from rayfleet.data.shards import read_shard
+
+    ctx = context()
+    if ctx.dataset_uri is None:
+        raise RuntimeError("this job has no spec.dataset; set one to read data")
+    fs = filesystem_for(ctx.dataset_uri)
+    info = read_info(fs, ctx.dataset_uri)
+    equal = (split == "train") if equal is None else equal
+    return read_shard(
+        fs, ctx.dataset_uri, split, ctx.rank, ctx.world_size, info.feature_shape, equal=equal
+    )
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's value on every rank (all ranks must agree on the resume point)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def resume_checkpoint() -> Resume | None:
+    """The newest verified checkpoint of this run, on local disk; None for a fresh start.
+
+    Rank 0 scans storage and reports skipped checkpoints; every rank then downloads the same
+    one and verifies its local copy. Called again after a worker-group restart, it sees the
+    checkpoints written before the failure, which is what makes resume automatic.
+    """
+    ctx = context()
+    if ctx._resume_resolved:
+        return ctx._resume
+    fs = filesystem_for(ctx.run_uri)
+    choice = None
+    if ctx.is_leader:
+        ref, skipped = newest_verified(fs, ctx.run_uri.fs_path)
+        for s in skipped:
+            log(f"{s}")
+        choice = (ref.path, ref.epoch) if ref else None
+    choice = _broadcast(choice)
+    if choice is not None:
+        path, epoch = choice
+        local = Path(tempfile.mkdtemp(prefix="rayfleet-resume-"))
+        manifest = download_verified(fs, path, local)
+        ctx._resume = Resume(local, epoch, manifest.get("meta", {}))
+        if ctx.is_leader:
+            log(f"resuming from {path.rsplit('/', 1)[-1]} (epoch {epoch + 1} done)")
+    ctx._resume_resolved = True
+    return ctx._resume
+
+
+def report(
+    metrics: dict[str, Any],
+    *,
+    epoch: int,
+    checkpoint_dir: str | os.PathLike | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Report an epoch's metrics on every rank; rank 0 may attach a checkpoint folder.
+
+    The folder gets a manifest (sizes, sha256, `meta`, the epoch and metrics) before Ray Train
+    uploads it as `checkpoint_e{epoch:06d}` under the run. Every rank must call this the
+    same number of times (it is a barrier in Ray Train).
+    """
+    import ray.train
+
+    ctx = context()
+    metrics = {**metrics, "epoch": epoch}
+    checkpoint = None
+    if checkpoint_dir is not None:
+        write_manifest(checkpoint_dir, {**(meta or {}), "epoch": epoch, "metrics": metrics})
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+    ray.train.report(
+        metrics,
+        checkpoint=checkpoint,
+        checkpoint_dir_name=checkpoint_dir_name(epoch) if checkpoint is not None else None,
+    )
+    if ctx.is_leader:
+        emit({"type": "epoch", "epoch": epoch, "epochs": ctx.epochs, "metrics": metrics})
+
+
+def worker_main(config: dict[str, Any]) -> None:
+    """The function Ray Train runs on every worker: build the context, call the loop."""
+    import importlib
+    import sys
+
+    import ray.train
+
+    tc = ray.train.get_context()
+    ctx = WorkerContext(
+        rank=tc.get_world_rank(),
+        world_size=tc.get_world_size(),
+        run_uri=parse_uri(config["run_uri"]),
+        dataset_uri=parse_uri(config["dataset_uri"]) if config.get("dataset_uri") else None,
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        learning_rate=config["learning_rate"],
+        seed=config["seed"],
+        use_gpu=config["use_gpu"],
+        mixed_precision=config["mixed_precision"],
+        checkpoint_every=config["checkpoint_every"],
+        config=config["user_config"],
+        channel=config.get("channel"),
+    )
+    _set_context(ctx)
+    emit({"type": "worker", "pid": os.getpid()})
+    for path in config.get("sys_path", []):
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.insert(0, path)
+    module_name, _, fn_name = config["target"].partition(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    try:
+        fn(ctx.config)
+    finally:
+        _set_context(None)
