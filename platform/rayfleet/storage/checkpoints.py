@@ -6,8 +6,11 @@ Resume and model loading call `newest_verified`, which walks checkpoints newest 
 returns the first one that verifies together with every newer one it skipped and why, so the
 user can see what happened instead of silently training from an older state.
 
-Directory names carry the epoch (`checkpoint_e000007`) so "newest" is a property of the name,
-not of object-store timestamps, which S3-compatible stores don't all keep faithfully.
+Directory names carry the epoch and a launch token (`checkpoint_e000007-18c2f0a9b1e`), so
+"newest" is a property of the name, not of object-store timestamps, which S3-compatible stores
+don't all keep faithfully. The token (a hex millisecond clock taken when a worker group
+starts) keeps an epoch that is trained again after a resume from landing in the folder of a
+skipped, corrupt checkpoint of the same epoch, which Ray Train may still delete by path.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +31,17 @@ from rayfleet.storage.filesystem import read_bytes
 
 MANIFEST = "rayfleet-manifest.json"
 MANIFEST_VERSION = 1
-_CKPT_DIR = re.compile(r"^checkpoint_e(\d{6})$")
+_CKPT_DIR = re.compile(r"^checkpoint_e(\d{6})(?:-([0-9a-f]{1,16}))?$")
 _CHUNK = 1 << 20
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"checkpoint_e{epoch:06d}"
+def launch_token() -> str:
+    """A token that sorts by time (zero-padded hex milliseconds)."""
+    return f"{time.time_ns() // 1_000_000:012x}"
+
+
+def checkpoint_dir_name(epoch: int, token: str = "") -> str:
+    return f"checkpoint_e{epoch:06d}-{token}" if token else f"checkpoint_e{epoch:06d}"
 
 
 def _sha256_stream(stream) -> str:
@@ -125,7 +134,7 @@ class Skipped:
 
 
 def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, str]]:
-    """(epoch, path) of every checkpoint directory under a run, newest first."""
+    """(epoch, path) of every checkpoint directory under a run, newest first (epoch, token)."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
     except FileNotFoundError:
@@ -134,8 +143,8 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, str]
     for info in infos:
         m = _CKPT_DIR.match(info.base_name)
         if m and info.type == pafs.FileType.Directory:
-            found.append((int(m.group(1)), info.path))
-    return sorted(found, reverse=True)
+            found.append((int(m.group(1)), m.group(2) or "", info.path))
+    return [(epoch, path) for epoch, _, path in sorted(found, reverse=True)]
 
 
 def newest_verified(
@@ -149,6 +158,23 @@ def newest_verified(
             return CheckpointRef(path, epoch, result.manifest.get("meta", {})), skipped
         skipped.append(Skipped(path.rsplit("/", 1)[-1], result.reason))
     return None, skipped
+
+
+def prune(fs: pafs.FileSystem, run_path: str, keep: int) -> list[str]:
+    """Delete checkpoints older than the `keep` newest verified ones; returns what was deleted.
+
+    Ray Train's `num_to_keep` only knows checkpoints it registered; this also clears the
+    orphans a worker killed mid-report leaves behind, and corrupt leftovers. Nothing newer
+    than the oldest kept checkpoint is touched.
+    """
+    kept, deleted = 0, []
+    for _, path in list_checkpoints(fs, run_path):
+        if kept < keep:
+            kept += verify(fs, path, hash_files=False).ok
+            continue
+        fs.delete_dir(path)
+        deleted.append(path.rsplit("/", 1)[-1])
+    return deleted
 
 
 def download_verified(fs: pafs.FileSystem, path: str, local_dir: str | Path) -> dict[str, Any]:

@@ -26,7 +26,8 @@ def _check_bucket(uri: StorageURI, settings: S3Settings) -> None:
     import botocore.exceptions as bce
     from botocore.config import Config
 
-    client = boto3.client(
+    # A fresh session each time: the default one caches credentials it resolved earlier.
+    client = boto3.session.Session().client(
         "s3",
         region_name=settings.region,
         endpoint_url=settings.endpoint_url,

@@ -25,7 +25,7 @@ from typing import Any
 from rayfleet.data.layout import read_info
 from rayfleet.errors import StorageError, WorkFailedError
 from rayfleet.specs import TrainJob
-from rayfleet.storage.checkpoints import newest_verified
+from rayfleet.storage.checkpoints import newest_verified, prune
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.preflight import preflight
 from rayfleet.train import record
@@ -274,6 +274,8 @@ def run_train_job(
             ray.shutdown()
 
     ref, skipped = newest_verified(fs, run_uri.fs_path)
+    for name in prune(fs, run_uri.fs_path, job.spec.checkpoint.keep):
+        notify({"type": "log", "message": f"pruned {name} (older than the {job.spec.checkpoint.keep} kept)"})
     if ref is None:
         raise WorkFailedError(
             f"run {job.name} finished but no verified checkpoint exists under {run_uri}"

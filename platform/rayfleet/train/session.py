@@ -33,6 +33,7 @@ from typing import Any
 from rayfleet.storage.checkpoints import (
     checkpoint_dir_name,
     download_verified,
+    launch_token,
     newest_verified,
     write_manifest,
 )
@@ -68,6 +69,7 @@ class WorkerContext:
     checkpoint_every: int
     config: dict[str, Any]
     channel: Any = None  # ProgressChannel actor handle, or None
+    token: str = field(default_factory=launch_token)  # names this worker group's checkpoints
     _resume: Resume | None = None
     _resume_resolved: bool = False
     _last_progress: float = 0.0
@@ -205,7 +207,7 @@ def report(
     ray.train.report(
         metrics,
         checkpoint=checkpoint,
-        checkpoint_dir_name=checkpoint_dir_name(epoch) if checkpoint is not None else None,
+        checkpoint_dir_name=checkpoint_dir_name(epoch, ctx.token) if checkpoint is not None else None,
     )
     if ctx.is_leader:
         emit({"type": "epoch", "epoch": epoch, "epochs": ctx.epochs, "metrics": metrics})
