@@ -29,6 +29,7 @@ test-all: $(STAMP)
 # Speed targets as side-by-side ratios (see tests/benchmarks/).
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/train_overhead.py
+	$(BIN)/python tests/benchmarks/data_loading.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -40,7 +40,7 @@ from rayfleet.storage.checkpoints import (
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
 
-_PROGRESS_INTERVAL_S = 0.25
+_PROGRESS_INTERVAL_S = 0.5
 
 
 @dataclass
