@@ -41,7 +41,7 @@ def main() -> int:
             run = job.run_uri()
             print(f"\ncheckpoints in {run}:")
             for _, path in list_checkpoints(filesystem_for(run), run.fs_path):
-                print(f"  s3://{path}")
+                print(f"  {run.at(path)}")
         except subprocess.CalledProcessError as exc:
             return exc.returncode
     return 0

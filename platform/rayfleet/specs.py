@@ -167,7 +167,7 @@ class TrainJobSpec(_Model):
     )
     storage: UriStr | None = Field(
         default=None,
-        description=f"s3://bucket/prefix or a path; defaults to ${STORAGE_ENV} or {DEFAULT_STORAGE}.",
+        description=f"s3://bucket/prefix or a path; default ${STORAGE_ENV} or {DEFAULT_STORAGE}",
     )
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     run: RunSpec = Field(default_factory=RunSpec)
@@ -249,8 +249,10 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling (see `rayfleet schema`)"
-        elif "input" in e and e["type"] not in ("missing", "value_error") and not isinstance(
-            e["input"], (dict, list)
+        elif (
+            "input" in e
+            and e["type"] not in ("missing", "value_error")
+            and not isinstance(e["input"], (dict, list))
         ):
             msg = f"{msg} (got {e['input']!r})"
         parts.append(f"{loc}: {msg}" if loc else msg)

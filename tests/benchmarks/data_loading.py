@@ -56,8 +56,12 @@ def main() -> int:
     with loopback_s3(bucket="bench-data"):
         uri = parse_uri("s3://bench-data/datasets/bench")
         write_dataset(uri, args.rows, args.files)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-                 _system_config=EMBEDDED_RAY_CONFIG)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _system_config=EMBEDDED_RAY_CONFIG,
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
 
         @ray.remote(num_cpus=1)
@@ -95,10 +99,12 @@ def main() -> int:
 
             started = time.perf_counter()
             ds = ray.data.read_parquet(
-                uri.join("train").fs_path, filesystem=filesystem_for(uri), columns=["features", "label"]
+                uri.join("train").fs_path,
+                filesystem=filesystem_for(uri),
+                columns=["features", "label"],
             )
             its = ds.streaming_split(2, equal=True)
-            out = ray.get([w.ray_data_epoch.remote(it) for w, it in zip(workers, its)])
+            out = ray.get([w.ray_data_epoch.remote(it) for w, it in zip(workers, its, strict=True)])
             results["ray_data"].append(time.perf_counter() - started)
             fingerprints["ray_data"].add(tuple(out))
         ray.shutdown()

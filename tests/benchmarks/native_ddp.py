@@ -49,7 +49,13 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     x, y = make_batch(config, args.batch_size, device, args.seed + rank)
     stats = timed_steps(
-        model, optimizer, x, y, steps=args.steps, warmup=args.warmup, device=device,
+        model,
+        optimizer,
+        x,
+        y,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=device,
         mixed_precision=args.mixed_precision,
     )
     stats["model_flops_per_step"] = flops_per_step(model, args.batch_size) * dist.get_world_size()

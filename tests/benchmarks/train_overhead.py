@@ -1,10 +1,12 @@
 """Training-step throughput of `rayfleet run` against native PyTorch DDP under torchrun.
 
 Same synthetic MLP (784-1024-1024-10), batch 128 per worker, 2 workers, gloo, one thread per
-worker (Ray sets OMP_NUM_THREADS=1 in its workers; torchrun gets the same). Runs alternate
-(native, rayfleet, native, ...) so drift on the machine hits both alike; the figure is the
-median of the per-pair ratios of steady-state steps/s. Start-up (whole-process wall time) is
-reported separately, since Ray's start-up is a fixed cost, not a per-step one.
+worker (Ray sets OMP_NUM_THREADS=1 in its workers; torchrun gets the same). Three arms run in
+rotating order within each round — torchrun, plain Ray Train (Ray's defaults, same loop, no
+rayfleet) and `rayfleet run` — so drift on the machine hits all alike. The figures are the
+medians of the per-round ratios of steady-state steps/s: rayfleet / torchrun (the target),
+and its two factors, Ray Train / torchrun and rayfleet / Ray Train. Start-up (whole-process
+wall time) is reported separately: Ray's start-up is a fixed cost, not a per-step one.
 
     python tests/benchmarks/train_overhead.py [--pairs 5] [--steps 1000] [--gpu]
 
@@ -27,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "jobs" / "bench" / "synthetic.yaml"
 NATIVE = Path(__file__).with_name("native_ddp.py")
+PLAIN = Path(__file__).with_name("plain_ray_train.py")
+ARMS = ("native", "ray_train", "rayfleet")
 
 
 def _env() -> dict[str, str]:
@@ -35,16 +39,40 @@ def _env() -> dict[str, str]:
 
 def run_native(args) -> tuple[dict, float]:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={args.workers}", str(NATIVE),
-        f"--steps={args.steps}", f"--warmup={args.warmup}", f"--batch-size={args.batch_size}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.workers}",
+        str(NATIVE),
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--batch-size={args.batch_size}",
         f"--hidden={args.hidden}",
     ] + (["--gpu"] if args.gpu else [])
     started = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=True).stdout
     wall = time.perf_counter() - started
-    line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT ")), wall
+
+
+def run_plain(args) -> tuple[dict, float]:
+    cmd = [
+        sys.executable,
+        str(PLAIN),
+        f"--workers={args.workers}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--batch-size={args.batch_size}",
+        f"--hidden={args.hidden}",
+    ] + (["--gpu"] if args.gpu else [])
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=True)
+    wall = time.perf_counter() - started
+    out = proc.stdout + proc.stderr  # worker stdout reaches the driver with a prefix
+    line = next(ln for ln in out.splitlines() if "RESULT {" in ln)
+    return json.loads(line.split("RESULT ", 1)[1]), wall
 
 
 def run_rayfleet(args, storage: str) -> tuple[dict, float]:
@@ -74,7 +102,7 @@ def run_rayfleet(args, storage: str) -> tuple[dict, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--pairs", type=int, default=5, help="Rounds of all three arms.")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
@@ -89,21 +117,32 @@ def main() -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as store:
+        runners = {
+            "native": lambda: run_native(args),
+            "ray_train": lambda: run_plain(args),
+            "rayfleet": lambda: run_rayfleet(args, store),
+        }
         for i in range(args.pairs):
-            # Alternate which goes first so neither always runs on a warmer machine.
-            order = ("native", "rayfleet") if i % 2 == 0 else ("rayfleet", "native")
-            pair = {}
-            for who in order:
-                stats, wall = run_native(args) if who == "native" else run_rayfleet(args, store)
-                pair[who] = {"steps_per_sec": stats["steps_per_sec"], "wall_s": wall,
-                             "flops": stats.get("model_flops_per_step", 0.0)}
-            pair["ratio"] = pair["rayfleet"]["steps_per_sec"] / pair["native"]["steps_per_sec"]
-            rows.append(pair)
+            order = ARMS[i % 3 :] + ARMS[: i % 3]  # rotate who goes first
+            row = {}
+            for arm in order:
+                stats, wall = runners[arm]()
+                row[arm] = {
+                    "steps_per_sec": stats["steps_per_sec"],
+                    "wall_s": wall,
+                    "flops": stats.get("model_flops_per_step", 0.0),
+                }
+            sps = {arm: row[arm]["steps_per_sec"] for arm in ARMS}
+            row["ratio"] = sps["rayfleet"] / sps["native"]
+            row["ray_train_vs_native"] = sps["ray_train"] / sps["native"]
+            row["rayfleet_vs_ray_train"] = sps["rayfleet"] / sps["ray_train"]
+            rows.append(row)
             print(
-                f"pair {i + 1}/{args.pairs}: native {pair['native']['steps_per_sec']:.2f} steps/s "
-                f"({pair['native']['wall_s']:.1f}s wall), rayfleet "
-                f"{pair['rayfleet']['steps_per_sec']:.2f} steps/s "
-                f"({pair['rayfleet']['wall_s']:.1f}s wall), ratio {pair['ratio']:.3f}",
+                f"round {i + 1}/{args.pairs}: "
+                + ", ".join(
+                    f"{a} {sps[a]:.2f} steps/s ({row[a]['wall_s']:.1f}s wall)" for a in ARMS
+                )
+                + f"; rayfleet/native {row['ratio']:.3f}",
                 flush=True,
             )
 
@@ -114,9 +153,10 @@ def main() -> int:
         "pairs": args.pairs,
         "ratios": ratios,
         "median_ratio": statistics.median(ratios),
+        "median_ray_train_vs_native": statistics.median(r["ray_train_vs_native"] for r in rows),
+        "median_rayfleet_vs_ray_train": statistics.median(r["rayfleet_vs_ray_train"] for r in rows),
         "target": 0.99 if args.gpu else 0.98,
-        "native_wall_s_median": statistics.median(r["native"]["wall_s"] for r in rows),
-        "rayfleet_wall_s_median": statistics.median(r["rayfleet"]["wall_s"] for r in rows),
+        **{f"{a}_wall_s_median": statistics.median(r[a]["wall_s"] for r in rows) for a in ARMS},
     }
     if args.gpu:
         best = statistics.median(r["rayfleet"]["steps_per_sec"] for r in rows)

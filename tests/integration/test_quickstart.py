@@ -5,15 +5,16 @@ import sys
 
 import pytest
 
-from ..conftest import REPO
-
 pytestmark = pytest.mark.integration
 
 
 def test_quickstart_trains_digits_on_loopback_s3(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "rayfleet.demo"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 
-import pyarrow.fs as pafs
 import pytest
 
 from rayfleet.errors import StorageError
@@ -52,9 +51,7 @@ class Events:
 
 
 def _job(name, *overrides):
-    return load_spec(
-        SPEC, [f"metadata.name={name}", f"spec.storage=s3://{BUCKET}", *overrides]
-    )
+    return load_spec(SPEC, [f"metadata.name={name}", f"spec.storage=s3://{BUCKET}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +84,9 @@ def test_worker_killed_mid_run_resumes_with_identical_metrics(reference):
     events = Events(kill_rank1_after_epoch_4)
     result = run_train_job(_job("killed"), on_event=events)
     assert getattr(events, "killed", 0) == 1
-    assert any(m.startswith("resuming from checkpoint_e00000") for m in events.logs()), events.logs()
+    assert any(m.startswith("resuming from checkpoint_e00000") for m in events.logs()), (
+        events.logs()
+    )
     assert result.metrics == reference[0].metrics
 
 
@@ -144,9 +143,19 @@ def test_missing_bucket_fails_fast_before_ray(s3, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "rayfleet.cli.main", "run", str(SPEC),
-         "--set", "spec.storage=s3://no-such-bucket/team"],
-        capture_output=True, text=True, timeout=60, env=env,
+        [
+            sys.executable,
+            "-m",
+            "rayfleet.cli.main",
+            "run",
+            str(SPEC),
+            "--set",
+            "spec.storage=s3://no-such-bucket/team",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, proc.stderr

@@ -16,7 +16,7 @@ def test_shard_ranges_are_equal_or_cover_all():
     assert [shard_range(10, r, 3, equal=True) for r in range(3)] == [(0, 3), (3, 6), (6, 9)]
     ranges = [shard_range(10, r, 3, equal=False) for r in range(3)]
     assert ranges[0][0] == 0 and ranges[-1][1] == 10
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
 
 
 def test_digits_import_and_shards(tmp_path):

@@ -123,7 +123,9 @@ def test_schema_is_generated_with_camel_case():
 def _cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "rayfleet.cli.main", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -67,6 +67,7 @@ class TrainProgress:
             disable=not self.live,
         )
         self.task = self.progress.add_task("train", total=None, epoch=0, epochs=epochs, stats="")
+        self.last_eval: dict[str, Any] = {}  # the latest epoch's validation metrics
 
     def __enter__(self) -> TrainProgress:
         self.progress.__enter__()
@@ -78,7 +79,8 @@ class TrainProgress:
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "step":
-            stats = _fmt({k: v for k, v in event.items() if k not in ("type", "rank", "step", "steps")})
+            step = {k: v for k, v in event.items() if k not in ("type", "rank", "step", "steps")}
+            stats = _fmt({**step, **self.last_eval})
             self.progress.update(
                 self.task,
                 completed=event["step"],
@@ -87,6 +89,7 @@ class TrainProgress:
                 stats=stats,
             )
         elif kind == "epoch":
+            self.last_eval = {k: v for k, v in event["metrics"].items() if k.startswith("val_")}
             line = f"epoch {event['epoch'] + 1}/{event['epochs']}  {_fmt(event['metrics'])}"
             self.progress.console.print(line, highlight=False)
         elif kind == "log":

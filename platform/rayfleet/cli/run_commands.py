@@ -39,5 +39,7 @@ def run(
     )
     for key, value in result.metrics.items():
         if key != "epoch":
-            console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+            console.print(
+                f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"
+            )
     console.print(f"checkpoint: {result.checkpoint_uri}", highlight=False)

@@ -50,7 +50,9 @@ def read_info(fs: pafs.FileSystem, uri: StorageURI) -> DatasetInfo:
     try:
         return DatasetInfo(**doc)
     except TypeError:
-        raise DatasetError(f"dataset {uri}: {DESCRIPTOR} has unexpected fields; re-import it") from None
+        raise DatasetError(
+            f"dataset {uri}: {DESCRIPTOR} has unexpected fields; re-import it"
+        ) from None
 
 
 def split_files(fs: pafs.FileSystem, uri: StorageURI, split: str) -> list[str]:

@@ -56,7 +56,7 @@ def read_shard(
             counts.append(pq.ParquetFile(f).metadata.num_rows)
     start, stop = shard_range(sum(counts), rank, world, equal=equal)
     tables, offset = [], 0
-    for path, n in zip(files, counts):
+    for path, n in zip(files, counts, strict=True):
         lo, hi = max(start, offset), min(stop, offset + n)
         if lo < hi:
             with fs.open_input_file(path) as f:

@@ -96,7 +96,7 @@ def verify(fs: pafs.FileSystem, path: str, *, hash_files: bool = True) -> Verifi
     if not entries:
         return Verification(False, "manifest lists no files")
     infos = fs.get_file_info([f"{path}/{e['path']}" for e in entries])
-    for entry, info in zip(entries, infos):
+    for entry, info in zip(entries, infos, strict=True):
         if info.type == pafs.FileType.NotFound:
             return Verification(False, f"{entry['path']} is missing")
         if info.size != entry["size"]:

@@ -32,9 +32,7 @@ class S3Settings:
     @classmethod
     def from_env(cls) -> S3Settings:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = (
-            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        )
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return cls(region=region, endpoint_url=endpoint or None)
 
     def describe(self) -> str:

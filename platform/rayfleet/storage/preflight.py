@@ -47,7 +47,8 @@ def _check_bucket(uri: StorageURI, settings: S3Settings) -> None:
         ) from None
     except (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ReadTimeoutError) as exc:
         raise StorageError(
-            f"{where}: cannot reach S3 ({type(exc).__name__}); check AWS_ENDPOINT_URL and the network"
+            f"{where}: cannot reach S3 ({type(exc).__name__}); "
+            "check AWS_ENDPOINT_URL and the network"
         ) from None
     except bce.ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))

@@ -40,9 +40,13 @@ class LoopbackS3:
     def create_bucket(self, name: str) -> None:
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                     aws_access_key_id="rayfleet-local",
-                     aws_secret_access_key="rayfleet-local").create_bucket(Bucket=name)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="rayfleet-local",
+            aws_secret_access_key="rayfleet-local",
+        ).create_bucket(Bucket=name)
 
     def stop(self) -> None:
         self._server.stop()

@@ -37,6 +37,13 @@ class StorageURI:
             return f"{self.bucket}/{self.key}" if self.key else self.bucket
         return self.key
 
+    def at(self, fs_path: str) -> StorageURI:
+        """The URI of another path on the same filesystem (e.g. one a listing returned)."""
+        if self.is_s3:
+            bucket, _, key = fs_path.partition("/")
+            return StorageURI("s3", bucket, key.strip("/"))
+        return StorageURI("file", "", fs_path)
+
     def join(self, *parts: str) -> StorageURI:
         """A child location; parts may contain slashes but never climb out with `..`."""
         pieces = [p.strip("/") for p in parts if p and p.strip("/")]

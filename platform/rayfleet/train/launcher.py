@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rayfleet.data.layout import read_info
@@ -76,7 +75,14 @@ def ensure_ray(*, verbose: bool = False) -> bool:
     if address := os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **common)
         return True
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=EMBEDDED_RAY_CONFIG, **common)
+    # One local node can't be drained or preempted on its own: skip Ray Train's watcher actor.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        _system_config=EMBEDDED_RAY_CONFIG,
+        **common,
+    )
     return True
 
 
@@ -116,10 +122,19 @@ class _Poller(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(_POLL_S):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - a display hiccup must never fail the run
-                log.debug("progress poll failed", exc_info=True)
+            self._safe_flush()
+
+    def _safe_flush(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - a display hiccup must never fail the run
+            log.debug("progress poll failed", exc_info=True)
+
+    def close(self) -> None:
+        """Stop polling and deliver what is still queued."""
+        self.stopping.set()
+        self.join(timeout=5)
+        self._safe_flush()
 
 
 def _train_config(job: TrainJob, channel, sys_path: list[str]) -> dict[str, Any]:
@@ -225,6 +240,24 @@ def check_inputs(job: TrainJob) -> None:
         read_info(filesystem_for(dataset), dataset)
 
 
+def _fit_with_retries(job: TrainJob, channel, sys_path, notify: EventHandler):
+    """fit() until it succeeds or fails for good: (attempts, the final error or None)."""
+    from ray.train import TrainingFailedError
+
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            build_trainer(job, channel, sys_path).fit()
+            return attempts, None
+        except TrainingFailedError as exc:
+            reason = retry_reason(exc)
+            if reason is None or attempts > job.spec.failure.max_driver_retries:
+                return attempts, exc
+            notify({"type": "log", "message": f"{reason}; relaunching run (retry {attempts})"})
+            _wait_for_storage(job, notify)
+
+
 def run_train_job(
     job: TrainJob,
     *,
@@ -235,10 +268,8 @@ def run_train_job(
     """Run a TrainJob to completion on local or connected Ray and return its final state.
 
     Raises BadInputError subclasses before anything starts, WorkFailedError when training
-    fails past its retries.
+    fails past its retries. The run record in storage follows every step.
     """
-    from ray.train import TrainingFailedError
-
     started = time.monotonic()
     notify = on_event or (lambda event: None)
     check_inputs(job)
@@ -247,52 +278,36 @@ def run_train_job(
     record.write(fs, run_uri, job, status="RUNNING")
 
     owns_ray = ensure_ray(verbose=verbose)
-    channel = _progress_channel()
-    poller = _Poller(channel, notify)
+    poller = _Poller(_progress_channel(), notify)
     poller.start()
-    attempts = 0
     try:
-        while True:
-            attempts += 1
-            try:
-                build_trainer(job, channel, sys_path).fit()
-                break
-            except TrainingFailedError as exc:
-                reason = retry_reason(exc)
-                if reason is None or attempts > job.spec.failure.max_driver_retries:
-                    poller.flush()
-                    record.write(fs, run_uri, job, status="FAILED", error=str(exc), attempts=attempts)
-                    detail = str(exc).strip().splitlines()[-1][:300]
-                    raise WorkFailedError(
-                        f"run {job.name} failed after {attempts} attempt(s): {detail}; "
-                        f"logs: rerun with --verbose; state so far: {run_uri}"
-                    ) from exc
-                notify({"type": "log", "message": f"{reason}; relaunching run (retry {attempts})"})
-                _wait_for_storage(job, notify)
+        attempts, error = _fit_with_retries(job, poller.channel, sys_path, notify)
     finally:
-        poller.stopping.set()
-        poller.join(timeout=5)
-        try:
-            poller.flush()
-        except Exception:  # noqa: BLE001 - best effort, Ray may be going away
-            pass
+        poller.close()
         if owns_ray:
             import ray
 
             ray.shutdown()
+    if error is not None:
+        record.write(fs, run_uri, job, status="FAILED", error=str(error), attempts=attempts)
+        detail = str(error).strip().splitlines()[-1][:300]
+        raise WorkFailedError(
+            f"run {job.name} failed after {attempts} attempt(s): {detail}; "
+            f"logs: rerun with --verbose; state so far: {run_uri}"
+        ) from error
 
     ref, skipped = newest_verified(fs, run_uri.fs_path)
-    for name in prune(fs, run_uri.fs_path, job.spec.checkpoint.keep):
-        notify({"type": "log", "message": f"pruned {name} (older than the {job.spec.checkpoint.keep} kept)"})
     if ref is None:
         raise WorkFailedError(
             f"run {job.name} finished but no verified checkpoint exists under {run_uri}"
         )
-    checkpoint_uri = f"s3://{ref.path}" if run_uri.is_s3 else ref.path
+    keep = job.spec.checkpoint.keep
+    for name in prune(fs, run_uri.fs_path, keep):
+        notify({"type": "log", "message": f"pruned {name} (older than the {keep} kept)"})
     result = RunResult(
         name=job.name,
         run_uri=str(run_uri),
-        checkpoint_uri=checkpoint_uri,
+        checkpoint_uri=str(run_uri.at(ref.path)),
         epoch=ref.epoch,
         metrics=ref.meta.get("metrics", {}),
         attempts=attempts,

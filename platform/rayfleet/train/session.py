@@ -94,7 +94,9 @@ def _set_context(ctx: WorkerContext | None) -> None:
 
 def context() -> WorkerContext:
     if _CTX is None:
-        raise RuntimeError("rayfleet.train.session is only available inside a rayfleet training loop")
+        raise RuntimeError(
+            "rayfleet.train.session is only available inside a rayfleet training loop"
+        )
     return _CTX
 
 
@@ -207,7 +209,9 @@ def report(
     ray.train.report(
         metrics,
         checkpoint=checkpoint,
-        checkpoint_dir_name=checkpoint_dir_name(epoch, ctx.token) if checkpoint is not None else None,
+        checkpoint_dir_name=checkpoint_dir_name(epoch, ctx.token)
+        if checkpoint is not None
+        else None,
     )
     if ctx.is_leader:
         emit({"type": "epoch", "epoch": epoch, "epochs": ctx.epochs, "metrics": metrics})

@@ -25,7 +25,7 @@ def build_model(config: dict) -> nn.Sequential:
     layers = int(config.get("layers", 2))
     dims = [inputs] + [hidden] * layers
     blocks: list[nn.Module] = []
-    for a, b in zip(dims, dims[1:]):
+    for a, b in zip(dims, dims[1:], strict=False):
         blocks += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*blocks, nn.Linear(dims[-1], int(config.get("classes", 10))))
 
@@ -93,8 +93,9 @@ def train_loop(config: dict) -> None:
             warmup=warmup,
             device=device,
             mixed_precision=ctx.mixed_precision,
-            on_step=lambda s, n, loss: session.progress_due(s, n)
-            and session.progress(epoch, s, n, loss=loss.item()),
+            on_step=lambda s, n, loss, e=epoch: (
+                session.progress_due(s, n) and session.progress(e, s, n, loss=loss.item())
+            ),
         )
         stats["model_flops_per_step"] = flops_per_step(model, ctx.batch_size) * ctx.world_size
         with tempfile.TemporaryDirectory() as folder:
