@@ -1,0 +1,150 @@
+"""`kind: TrainJob`: a data-parallel training run on Ray Train (TorchTrainer, DDP)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rayfleet.specs.base import (
+    DEFAULT_STORAGE,
+    ENTRYPOINT_RE,
+    STORAGE_ENV,
+    DatasetStr,
+    Metadata,
+    SpecModel,
+    UriStr,
+    is_dataset_name,
+    resolve_storage,
+)
+from rayfleet.storage.uri import StorageURI, parse_uri
+
+
+class ModelSpec(SpecModel):
+    """What to train: a built-in recipe, or a user's per-worker loop `module:function`."""
+
+    recipe: str | None = Field(default=None, description="Built-in recipe, e.g. digits-cnn.")
+    entrypoint: str | None = Field(
+        default=None,
+        description="User per-worker loop as module:function; called with the config dict.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the recipe or entrypoint as its config."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSpec:
+        if (self.recipe is None) == (self.entrypoint is None):
+            raise ValueError("set exactly one of recipe or entrypoint")
+        if self.entrypoint is not None and not ENTRYPOINT_RE.match(self.entrypoint):
+            raise ValueError(
+                f"entrypoint {self.entrypoint!r} must look like package.module:function"
+            )
+        if self.recipe is not None:
+            from rayfleet.train.recipes import RECIPES
+
+            if self.recipe not in RECIPES:
+                raise ValueError(
+                    f"unknown recipe {self.recipe!r}; choose one of {', '.join(sorted(RECIPES))}"
+                )
+        return self
+
+
+class ScalingSpec(SpecModel):
+    num_workers: int = Field(default=2, ge=1, description="Data-parallel workers (DDP ranks).")
+    use_gpu: bool = Field(default=False, description="One GPU per worker unless gpusPerWorker.")
+    cpus_per_worker: float = Field(default=1, gt=0)
+    gpus_per_worker: float | None = Field(
+        default=None, ge=0, description="Defaults to 1 when useGpu, else 0."
+    )
+
+    @model_validator(mode="after")
+    def _gpus_need_use_gpu(self) -> ScalingSpec:
+        if self.gpus_per_worker and not self.use_gpu:
+            raise ValueError("gpusPerWorker is set but useGpu is false; set useGpu: true")
+        return self
+
+    @property
+    def gpus(self) -> float:
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return 1.0 if self.use_gpu else 0.0
+
+
+class RunSpec(SpecModel):
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="Per worker.")
+    learning_rate: float = Field(default=1e-3, gt=0)
+    seed: int = Field(default=0, ge=0)
+    mixed_precision: Literal["none", "bf16"] = Field(
+        default="bf16", description="bf16 autocast; applies on GPU only (CPU runs in fp32)."
+    )
+
+
+class CheckpointSpec(SpecModel):
+    every_epochs: int = Field(default=1, ge=1, description="The last epoch always checkpoints.")
+    keep: int = Field(default=3, ge=1, description="Newest checkpoints kept in storage.")
+
+
+class FailureSpec(SpecModel):
+    max_failures: int = Field(
+        default=3, ge=-1, description="Worker-group restarts by Ray Train (-1: unlimited)."
+    )
+    max_driver_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Relaunches of the whole run after controller or storage errors.",
+    )
+
+
+class TrainJobSpec(SpecModel):
+    model: ModelSpec
+    dataset: DatasetStr | None = Field(
+        default=None, description="A dataset name under <storage>/datasets/, or a storage URI."
+    )
+    storage: UriStr | None = Field(
+        default=None,
+        description=f"s3://bucket/prefix or a path; default ${STORAGE_ENV} or {DEFAULT_STORAGE}",
+    )
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+
+    @model_validator(mode="after")
+    def _recipe_has_data(self) -> TrainJobSpec:
+        from rayfleet.train.recipes import RECIPES
+
+        recipe = RECIPES.get(self.model.recipe or "")
+        if recipe and recipe.needs_dataset and self.dataset is None:
+            raise ValueError(f"recipe {self.model.recipe} reads a dataset; set spec.dataset")
+        return self
+
+
+class TrainJob(SpecModel):
+    """A data-parallel training run (Ray Train TorchTrainer)."""
+
+    api_version: Literal["rayfleet.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TrainJob"]
+    metadata: Metadata
+    spec: TrainJobSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def storage_uri(self) -> StorageURI:
+        """The storage root: the spec's, else $RAYFLEET_STORAGE, else ~/.rayfleet/store."""
+        return resolve_storage(self.spec.storage)
+
+    def dataset_uri(self) -> StorageURI | None:
+        if self.spec.dataset is None:
+            return None
+        raw = os.path.expandvars(self.spec.dataset)
+        if is_dataset_name(raw):
+            return self.storage_uri().join("datasets", raw)
+        return parse_uri(raw)
+
+    def run_uri(self) -> StorageURI:
+        return self.storage_uri().join("runs", self.name)
