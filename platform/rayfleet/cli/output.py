@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -13,8 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rayfleet.errors import RayfleetError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `| tee`) has no terminal width and rich would squeeze tables into 80
+# columns; give it room unless the user set COLUMNS.
+_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+console = Console(width=_PIPED_WIDTH)
+err_console = Console(stderr=True, width=_PIPED_WIDTH)
 _state = {"debug": False}
 
 

@@ -20,7 +20,7 @@ def run(
     """Run a TrainJob: preflight, data-parallel training, verified checkpoints."""
     from rayfleet.train.launcher import run_train_job
 
-    job = load_spec(spec, overrides or [])
+    job = load_spec(spec, overrides or [], expect="TrainJob")
     s = job.spec
     console.print(
         f"[bold]{job.name}[/]: {s.model.recipe or s.model.entrypoint}, "

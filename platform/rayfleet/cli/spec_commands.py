@@ -22,6 +22,15 @@ def validate(
 ) -> None:
     """Validate a job spec and print what it resolves to."""
     job = load_spec(spec, overrides or [])
+    if job.kind == "SweepJob":
+        from rayfleet.tune.space import prepare
+
+        prep = prepare(job, source_dir=spec.resolve().parent)
+        console.print(f"[green]valid[/] SweepJob {job.name}", highlight=False)
+        console.print(f"  trains:  TrainJob {prep.base.name}", highlight=False)
+        console.print(f"  tunes:   {', '.join(job.spec.search_space)}", highlight=False)
+        console.print(f"  sweep:   {prep.uri}", highlight=False)
+        return
     console.print(f"[green]valid[/] {job.kind} {job.name}", highlight=False)
     console.print(f"  storage: {job.storage_uri()}", highlight=False)
     if job.spec.dataset:

@@ -1,7 +1,7 @@
 """Typed job specs: pydantic v2 models for every kind a user writes, and `load_spec`.
 
-One module per kind (`train`, ...) plus `base` for what they share. The JSON Schema users and
-editors see (`rayfleet schema`) is generated from these models, never written by hand.
+One module per kind (`train`, `sweep`, ...) plus `base` for what they share. The JSON Schema
+users and editors see (`rayfleet schema`) is generated from these models, never written by hand.
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ from pydantic import ValidationError
 
 from rayfleet.errors import SpecError
 from rayfleet.specs.base import API_VERSION, DEFAULT_STORAGE, STORAGE_ENV, Metadata, SpecModel
+from rayfleet.specs.sweep import SweepJob
 from rayfleet.specs.train import TrainJob, TrainJobSpec
 
-Spec = TrainJob
-KINDS: dict[str, type[SpecModel]] = {"TrainJob": TrainJob}
+Spec = TrainJob | SweepJob
+KINDS: dict[str, type[SpecModel]] = {
+    "TrainJob": TrainJob,
+    "SweepJob": SweepJob,
+}
 
 __all__ = [
     "API_VERSION",
@@ -27,6 +31,7 @@ __all__ = [
     "Metadata",
     "Spec",
     "SpecModel",
+    "SweepJob",
     "TrainJob",
     "TrainJobSpec",
     "apply_overrides",
@@ -96,8 +101,21 @@ def parse_spec(doc: Any, *, source: str = "spec") -> Spec:
         raise SpecError(_format_error(source, err)) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read a YAML spec file, apply `--set` overrides, validate. Raises SpecError."""
+# The command that runs each kind, for pointing users at the right one.
+COMMANDS = {
+    "TrainJob": "rayfleet run",
+    "SweepJob": "rayfleet sweep",
+    "ModelDeployment": "rayfleet serve",
+}
+
+
+def load_spec(
+    path: str | Path, overrides: list[str] | None = None, *, expect: str | None = None
+) -> Spec:
+    """Read a YAML spec file, apply `--set` overrides, validate. Raises SpecError.
+
+    `expect` names the kind the caller runs; another kind fails with the command to use.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -113,7 +131,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         raise SpecError(f"{path}:{where} is not valid YAML; fix the syntax") from None
     if isinstance(doc, dict) and overrides:
         doc = apply_overrides(doc, overrides)
-    return parse_spec(doc, source=str(path))
+    spec = parse_spec(doc, source=str(path))
+    if expect is not None and spec.kind != expect:
+        hint = f"; run it with `{COMMANDS[spec.kind]}`" if spec.kind in COMMANDS else ""
+        raise SpecError(f"{path}: is a {spec.kind}, not a {expect}{hint}")
+    return spec
 
 
 def json_schema(kind: str = "TrainJob") -> dict[str, Any]:

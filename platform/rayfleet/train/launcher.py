@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from rayfleet.specs import TrainJob
 from rayfleet.storage.checkpoints import newest_verified, prune
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.preflight import preflight
+from rayfleet.storage.uri import StorageURI
 from rayfleet.train import record
 from rayfleet.train.recipes import RECIPES
 
@@ -45,6 +47,7 @@ EMBEDDED_RAY_CONFIG = {
     "enable_metrics_collection": False,
 }
 _STORAGE_WAIT_S = 120.0
+_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
 @dataclass
@@ -59,9 +62,15 @@ class RunResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def ensure_ray(*, verbose: bool = False) -> bool:
+def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
     """Start an embedded local Ray sized to this machine unless one is connected.
 
+    `dashboard` starts Ray's dashboard, which also serves the State API. Sweeps need it: when
+    Tune stops a trial early, Ray Train's placement-group cleaner asks the State API whether
+    the trial's controller died, and without it the stopped trial's CPUs are never released.
+    The cleaner finds the API by auto-detection, which fails when another Ray runs on the
+    same machine (CI, a second terminal), so its address is pinned for every Ray process
+    through RAY_API_SERVER_ADDRESS, set before Ray starts so the workers inherit it.
     Returns True when this call started Ray (the caller then shuts it down).
     """
     import ray
@@ -77,13 +86,23 @@ def ensure_ray(*, verbose: bool = False) -> bool:
         return True
     # One local node can't be drained or preempted on its own: skip Ray Train's watcher actor.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if dashboard:
+        port = _free_port()
+        os.environ[_API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+        common.update(dashboard_host="127.0.0.1", dashboard_port=port)
     ray.init(
         num_cpus=os.cpu_count(),
-        include_dashboard=False,
+        include_dashboard=dashboard,
         _system_config=EMBEDDED_RAY_CONFIG,
         **common,
     )
     return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _progress_channel():
@@ -137,7 +156,9 @@ class _Poller(threading.Thread):
         self._safe_flush()
 
 
-def _train_config(job: TrainJob, channel, sys_path: list[str]) -> dict[str, Any]:
+def _train_config(
+    job: TrainJob, channel, sys_path: list[str], run_uri: StorageURI
+) -> dict[str, Any]:
     """The plain-data config every worker's `session.worker_main` receives."""
     spec = job.spec
     recipe = RECIPES.get(spec.model.recipe or "")
@@ -145,7 +166,7 @@ def _train_config(job: TrainJob, channel, sys_path: list[str]) -> dict[str, Any]
         "target": recipe.target if recipe else spec.model.entrypoint,
         "sys_path": list(sys_path),
         "user_config": dict(spec.model.config),
-        "run_uri": str(job.run_uri()),
+        "run_uri": str(run_uri),
         "dataset_uri": str(job.dataset_uri()) if spec.dataset else None,
         "epochs": spec.run.epochs,
         "batch_size": spec.run.batch_size,
@@ -158,16 +179,28 @@ def _train_config(job: TrainJob, channel, sys_path: list[str]) -> dict[str, Any]
     }
 
 
-def build_trainer(job: TrainJob, channel, sys_path: list[str] | None = None):
-    """The TorchTrainer for a job: DDP (gloo on CPU, NCCL on GPU), storage, failure policy."""
+def build_trainer(
+    job: TrainJob,
+    channel,
+    sys_path: list[str] | None = None,
+    *,
+    run_uri: StorageURI | None = None,
+    callbacks: list | None = None,
+):
+    """The TorchTrainer for a job: DDP (gloo on CPU, NCCL on GPU), storage, failure policy.
+
+    The run lives at `run_uri` (default `<storage>/runs/<name>`; a sweep puts each trial's
+    run inside its trial folder). `callbacks` are Ray Train callbacks, e.g. Tune reporting.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayfleet.train.session import worker_main
 
     spec = job.spec
-    storage = job.storage_uri()
-    config = _train_config(job, channel, sys_path or [])
+    run_uri = run_uri or job.run_uri()
+    parent, _, name = run_uri.fs_path.rpartition("/")
+    config = _train_config(job, channel, sys_path or [], run_uri)
     resources = {"CPU": spec.scaling.cpus_per_worker}
     if spec.scaling.gpus:
         resources["GPU"] = spec.scaling.gpus
@@ -181,11 +214,12 @@ def build_trainer(job: TrainJob, channel, sys_path: list[str] | None = None):
             resources_per_worker=resources,
         ),
         run_config=RunConfig(
-            name=job.name,
-            storage_path=storage.join("runs").fs_path,
-            storage_filesystem=filesystem_for(storage),
+            name=name,
+            storage_path=parent,
+            storage_filesystem=filesystem_for(run_uri),
             failure_config=FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            callbacks=callbacks or None,
         ),
     )
 
@@ -218,12 +252,12 @@ def _is_io_error(exc: BaseException) -> bool:
     return False
 
 
-def _wait_for_storage(job: TrainJob, notify: EventHandler) -> None:
+def _wait_for_storage(storage: StorageURI, notify: EventHandler) -> None:
     deadline = time.monotonic() + _STORAGE_WAIT_S
     delay = 1.0
     while True:
         try:
-            preflight(job.storage_uri())
+            preflight(storage)
             return
         except StorageError as exc:
             if time.monotonic() > deadline:
@@ -240,22 +274,26 @@ def check_inputs(job: TrainJob) -> None:
         read_info(filesystem_for(dataset), dataset)
 
 
-def _fit_with_retries(job: TrainJob, channel, sys_path, notify: EventHandler):
-    """fit() until it succeeds or fails for good: (attempts, the final error or None)."""
+def fit_with_retries(job: TrainJob, make_trainer: Callable[[], Any], notify: EventHandler):
+    """fit() until it succeeds or fails for good: (attempts, the final error or None).
+
+    Each relaunch builds a fresh trainer for the same run location, so it resumes from the
+    newest verified checkpoint.
+    """
     from ray.train import TrainingFailedError
 
     attempts = 0
     while True:
         attempts += 1
         try:
-            build_trainer(job, channel, sys_path).fit()
+            make_trainer().fit()
             return attempts, None
         except TrainingFailedError as exc:
             reason = retry_reason(exc)
             if reason is None or attempts > job.spec.failure.max_driver_retries:
                 return attempts, exc
             notify({"type": "log", "message": f"{reason}; relaunching run (retry {attempts})"})
-            _wait_for_storage(job, notify)
+            _wait_for_storage(job.storage_uri(), notify)
 
 
 def run_train_job(
@@ -281,7 +319,9 @@ def run_train_job(
     poller = _Poller(_progress_channel(), notify)
     poller.start()
     try:
-        attempts, error = _fit_with_retries(job, poller.channel, sys_path, notify)
+        attempts, error = fit_with_retries(
+            job, lambda: build_trainer(job, poller.channel, sys_path), notify
+        )
     finally:
         poller.close()
         if owns_ray:

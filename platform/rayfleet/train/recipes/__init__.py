@@ -13,6 +13,10 @@ class Recipe:
     target: str  # module:function, a per-worker loop taking the config dict
     needs_dataset: bool
     summary: str
+    # What a sweep may tune and optimize: the `model.config` keys the recipe reads and the
+    # metrics it reports every epoch. Checked before any trial starts.
+    config_keys: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
 
 
 RECIPES: dict[str, Recipe] = {
@@ -20,10 +24,14 @@ RECIPES: dict[str, Recipe] = {
         "rayfleet.train.recipes.digits:train_loop",
         needs_dataset=True,
         summary="small CNN on 8x8 handwritten digits (the quickstart)",
+        config_keys=("channels", "hidden", "dropout"),
+        metrics=("train_loss", "val_loss", "val_accuracy"),
     ),
     "synthetic-mlp": Recipe(
         "rayfleet.train.recipes.synthetic:train_loop",
         needs_dataset=False,
         summary="784-1024-1024-10 MLP on generated tensors (benchmarks)",
+        config_keys=("inputs", "hidden", "layers", "classes", "steps", "warmupSteps"),
+        metrics=("loss", "steps_per_sec", "samples_per_sec", "model_flops_per_step"),
     ),
 }

@@ -1,0 +1,90 @@
+"""One sweep trial: a full data-parallel TrainJob run inside a Ray Tune trial.
+
+This is Ray's Train-V2-in-Tune shape: the Tune trial is a light driver that builds a
+`TorchTrainer` for its sampled config and calls `fit()`; Ray Train places the workers in a
+placement group of its own, and a callback forwards rank 0's epoch reports to Tune, where
+the scheduler (ASHA, median stopping) may end the trial early.
+
+Each trial's run lives at `<sweep>/<trial_id>/train`, so it writes verified checkpoints
+exactly like `rayfleet run`, and a restarted trial (sweep resumed after its driver died)
+resumes from its newest verified checkpoint instead of repeating epochs. A trial whose run
+already finished reports that result again without training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayfleet.specs import TrainJob, parse_spec
+from rayfleet.storage.checkpoints import newest_verified
+from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.tune.space import trial_doc
+
+# The metric schedulers count in: epochs completed by the trial's run, stable across
+# restarts (Tune's own training_iteration restarts from 1 when a trial is relaunched).
+EPOCHS_DONE = "epochs_done"
+CHECKPOINT_KEY = "checkpoint_path"
+
+
+def trial_run_uri(sweep_uri: StorageURI, trial_id: str) -> StorageURI:
+    return sweep_uri.join(trial_id, "train")
+
+
+def trial_name(trial_id: str) -> str:
+    """A Kubernetes-style name for the trial's TrainJob (Tune ids contain '_')."""
+    return "trial-" + trial_id.replace("_", "-").lower()
+
+
+def _report_callback():
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReport(TuneReportCallback):
+        """Tune's forwarding callback, plus the epochs the run has completed."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            first = {**metrics[0], EPOCHS_DONE: int(metrics[0]["epoch"]) + 1}
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return EpochReport()
+
+
+def run_trial(
+    params: dict[str, Any], *, base_doc: dict[str, Any], sweep_uri: str, sys_path: list[str]
+) -> None:
+    """The Tune trainable: train the base TrainJob with this trial's sampled values."""
+    from ray import tune
+
+    from rayfleet.train.launcher import build_trainer, fit_with_retries
+
+    trial_id = tune.get_context().get_trial_id()
+    job = parse_spec(trial_doc(base_doc, params, trial_name(trial_id)), source=trial_id)
+    assert isinstance(job, TrainJob)
+    run_uri = trial_run_uri(parse_uri(sweep_uri), trial_id)
+
+    if _report_finished(job, run_uri):
+        return
+
+    def log(event: dict[str, Any]) -> None:
+        print(f"[{trial_id}] {event.get('message', event)}", flush=True)
+
+    _, error = fit_with_retries(
+        job,
+        lambda: build_trainer(job, None, sys_path, run_uri=run_uri, callbacks=[_report_callback()]),
+        log,
+    )
+    if error is not None:
+        raise error
+
+
+def _report_finished(job: TrainJob, run_uri: StorageURI) -> bool:
+    """If this trial's run already completed every epoch, report its result and say so."""
+    from ray import tune
+
+    fs = filesystem_for(run_uri)
+    ref, _ = newest_verified(fs, run_uri.fs_path)
+    if ref is None or ref.epoch + 1 < job.spec.run.epochs:
+        return False
+    metrics = dict(ref.meta.get("metrics", {}))
+    tune.report({**metrics, EPOCHS_DONE: ref.epoch + 1, CHECKPOINT_KEY: ref.path})
+    return True

@@ -1,0 +1,141 @@
+"""Digits sweeps end to end through the CLI: ASHA early stopping, best.json, kill and resume.
+
+Each sweep runs `rayfleet sweep` in its own process (its own embedded Ray, as a user runs it)
+against the session's loopback S3 server; the kill test SIGKILLs that whole process group.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayfleet.storage.checkpoints import list_checkpoints, verify
+from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.uri import parse_uri
+from rayfleet.tune import results
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = REPO / "jobs" / "digits" / "train.yaml"
+STORAGE = "s3://rayfleet-test"
+SAMPLES, EPOCHS = 6, 4
+
+
+def _write_sweep(tmp_path: Path, name: str) -> Path:
+    doc = yaml.safe_load((REPO / "jobs" / "digits" / "sweep.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["trainJob"] = {
+        "path": str(TRAIN),
+        "overrides": {"run.epochs": EPOCHS, "scaling.numWorkers": 1, "model.config.hidden": 64},
+    }
+    doc["spec"]["numSamples"] = SAMPLES
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _sweep(spec: Path, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "RAYFLEET_STORAGE": STORAGE}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayfleet.cli.main", "sweep", str(spec), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,  # the sweep, its Ray and its trials form one process group
+        **popen,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 420) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"sweep did not finish in {timeout}s:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _uri(name):
+    return parse_uri(f"{STORAGE}/sweeps/{name}")
+
+
+def _checkpoints(name, trial_id):
+    uri = _uri(name).join(trial_id, "train")
+    return [path for _, path in list_checkpoints(filesystem_for(uri), uri.fs_path)]
+
+
+def test_digits_sweep_asha_stops_poor_trials_and_best_verifies(s3, digits_uri, tmp_path):
+    spec = _write_sweep(tmp_path, "sweep-asha")
+    out = _finish(_sweep(spec))
+
+    table, best = results.require_results(_uri("sweep-asha"), "sweep-asha")
+    assert len(table.trials) == SAMPLES
+    stopped = [t for t in table.trials if t.state == "STOPPED"]
+    assert stopped and all(t.epochs_done < EPOCHS for t in stopped), table
+    assert any(t.state == "DONE" and t.epochs_done == EPOCHS for t in table.trials)
+    assert table.epochs_consumed < SAMPLES * EPOCHS
+
+    fs = filesystem_for(_uri("sweep-asha"))
+    path = parse_uri(best["checkpoint"]).fs_path
+    check = verify(fs, path)
+    assert check.ok, check.reason
+    assert check.manifest["meta"]["metrics"]["val_accuracy"] == best["value"]
+    assert best["value"] == max(t.value for t in table.trials if t.value is not None)
+    assert f"best: trial {best['trial_id']}" in out
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "rayfleet.cli.main", "sweep", "results", "sweep-asha"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RAYFLEET_STORAGE": STORAGE},
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert best["trial_id"] in shown.stdout and best["checkpoint"] in shown.stdout
+
+    again = _sweep(spec)  # an existing sweep is continued only on purpose
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already exists" in out and "--resume" in out, out
+
+
+def test_sweep_driver_killed_then_resumed_reruns_nothing_finished(s3, digits_uri, tmp_path):
+    name = "sweep-resume"
+    spec = _write_sweep(tmp_path, name)
+    proc = _sweep(spec)
+    deadline = time.monotonic() + 300
+    finished = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        table = results.read_table(_uri(name))
+        finished = [t for t in (table.trials if table else []) if t.state in ("DONE", "STOPPED")]
+        if len(finished) >= 2:
+            break
+        time.sleep(1)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    assert len(finished) >= 2, "no trial finished within 300 s"
+    time.sleep(2.5)  # let Tune's experiment state (saved every 2 s) catch up
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+    table = results.read_table(_uri(name))
+    done_before = {t.trial_id: _checkpoints(name, t.trial_id) for t in finished}
+    assert all(done_before.values())
+
+    _finish(_sweep(spec, "--resume"))
+    table, best = results.require_results(_uri(name), name)
+    ids = [t.trial_id for t in table.trials]
+    assert len(ids) == len(set(ids)) == SAMPLES
+    assert all(t.state in ("DONE", "STOPPED") for t in table.trials), table
+    for trial_id, before in done_before.items():
+        assert _checkpoints(name, trial_id) == before, f"{trial_id} was trained again"
+    for trial_id in ids:  # no epoch trained twice: one checkpoint per epoch at most
+        epochs = [int(p.rsplit("checkpoint_e", 1)[1][:6]) for p in _checkpoints(name, trial_id)]
+        assert len(epochs) == len(set(epochs)), (trial_id, epochs)
+    assert verify(filesystem_for(_uri(name)), parse_uri(best["checkpoint"]).fs_path).ok
