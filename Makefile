@@ -30,6 +30,9 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/train_overhead.py
 	$(BIN)/python tests/benchmarks/data_loading.py
+	$(BIN)/python tests/benchmarks/sweep_schedulers.py
+	$(BIN)/python tests/benchmarks/sweep_scheduling.py
+	$(BIN)/python tests/benchmarks/serve_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

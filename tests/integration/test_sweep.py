@@ -72,42 +72,11 @@ def _checkpoints(name, trial_id):
     return [path for _, path in list_checkpoints(filesystem_for(uri), uri.fs_path)]
 
 
-def test_digits_sweep_asha_stops_poor_trials_and_best_verifies(s3, digits_uri, tmp_path):
-    spec = _write_sweep(tmp_path, "sweep-asha")
-    out = _finish(_sweep(spec))
-
-    table, best = results.require_results(_uri("sweep-asha"), "sweep-asha")
-    assert len(table.trials) == SAMPLES
-    stopped = [t for t in table.trials if t.state == "STOPPED"]
-    assert stopped and all(t.epochs_done < EPOCHS for t in stopped), table
-    assert any(t.state == "DONE" and t.epochs_done == EPOCHS for t in table.trials)
-    assert table.epochs_consumed < SAMPLES * EPOCHS
-
-    fs = filesystem_for(_uri("sweep-asha"))
-    path = parse_uri(best["checkpoint"]).fs_path
-    check = verify(fs, path)
-    assert check.ok, check.reason
-    assert check.manifest["meta"]["metrics"]["val_accuracy"] == best["value"]
-    assert best["value"] == max(t.value for t in table.trials if t.value is not None)
-    assert f"best: trial {best['trial_id']}" in out
-
-    shown = subprocess.run(
-        [sys.executable, "-m", "rayfleet.cli.main", "sweep", "results", "sweep-asha"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RAYFLEET_STORAGE": STORAGE},
-        timeout=60,
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert best["trial_id"] in shown.stdout and best["checkpoint"] in shown.stdout
-
-    again = _sweep(spec)  # an existing sweep is continued only on purpose
-    out, _ = again.communicate(timeout=120)
-    assert again.returncode == 2 and "already exists" in out and "--resume" in out, out
-
-
-def test_sweep_driver_killed_then_resumed_reruns_nothing_finished(s3, digits_uri, tmp_path):
-    name = "sweep-resume"
+def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_path):
+    """One sweep covers the sweep contract (it is the slowest thing CI runs): ASHA stops poor
+    trials early; the driver SIGKILLed mid-sweep and resumed reruns no finished trial and
+    trains no epoch twice; best.json names a verified checkpoint holding the best metric."""
+    name = "sweep-digits"
     spec = _write_sweep(tmp_path, name)
     proc = _sweep(spec)
     deadline = time.monotonic() + 300
@@ -138,4 +107,28 @@ def test_sweep_driver_killed_then_resumed_reruns_nothing_finished(s3, digits_uri
     for trial_id in ids:  # no epoch trained twice: one checkpoint per epoch at most
         epochs = [int(p.rsplit("checkpoint_e", 1)[1][:6]) for p in _checkpoints(name, trial_id)]
         assert len(epochs) == len(set(epochs)), (trial_id, epochs)
-    assert verify(filesystem_for(_uri(name)), parse_uri(best["checkpoint"]).fs_path).ok
+
+    stopped = [t for t in table.trials if t.state == "STOPPED"]
+    assert stopped and all(t.epochs_done < EPOCHS for t in stopped), table
+    assert any(t.state == "DONE" and t.epochs_done == EPOCHS for t in table.trials)
+    assert table.epochs_consumed < SAMPLES * EPOCHS
+
+    check = verify(filesystem_for(_uri(name)), parse_uri(best["checkpoint"]).fs_path)
+    assert check.ok, check.reason
+    assert check.manifest["meta"]["metrics"]["val_accuracy"] == best["value"]
+    assert best["value"] == max(t.value for t in table.trials if t.value is not None)
+
+    env = {**os.environ, "RAYFLEET_STORAGE": STORAGE}
+    shown = subprocess.run(
+        [sys.executable, "-m", "rayfleet.cli.main", "sweep", "results", name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert best["trial_id"] in shown.stdout and best["checkpoint"] in shown.stdout
+
+    again = _sweep(spec)  # an existing sweep is continued only on purpose
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already exists" in out and "--resume" in out, out

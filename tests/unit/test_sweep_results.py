@@ -89,3 +89,27 @@ def test_search_space_maps_to_tune_domains():
     assert tune_domain(Domain(grid=[1, 2])) == {"grid_search": [1, 2]}
     assert tune_domain(Domain(choice=[1, 2]), as_grid=True) == {"grid_search": [1, 2]}
     assert isinstance(tune_domain(Domain(randint=(1, 4))), tune.search.sample.Integer)
+
+
+def test_spec_choices_map_to_tune_searchers_and_schedulers():
+    from pathlib import Path
+
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from rayfleet.specs import load_spec
+    from rayfleet.tune.runner import _scheduler, _search_alg
+    from rayfleet.tune.space import prepare
+
+    sweep = Path(__file__).resolve().parents[2] / "jobs" / "digits" / "sweep.yaml"
+
+    def prep(*overrides):
+        return prepare(load_spec(sweep, list(overrides)), source_dir=sweep.parent)
+
+    assert isinstance(_search_alg(prep(), 2), BasicVariantGenerator)
+    assert isinstance(_search_alg(prep("spec.search.algorithm=tpe"), 2), OptunaSearch)
+    assert isinstance(_scheduler(prep()), AsyncHyperBandScheduler)
+    median = _scheduler(prep("spec.scheduler.type=median"))
+    assert isinstance(median, MedianStoppingRule)
+    assert isinstance(_scheduler(prep("spec.scheduler.type=fifo")), FIFOScheduler)

@@ -39,7 +39,7 @@ def test_every_shipped_sweep_prepares(path):
 
 def test_shipped_sweep_resolves_train_job_with_overrides():
     prep = prepare(load_spec(SWEEP), source_dir=SWEEP.parent)
-    assert prep.base.spec.run.epochs == 6
+    assert prep.base.spec.run.epochs == 5
     assert prep.base.spec.scaling.num_workers == 1
     assert prep.base.spec.model.recipe == "digits-cnn"
     assert str(prep.uri).endswith("/sweeps/digits-sweep")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from rayfleet.cli import data_commands, run_commands, spec_commands, sweep_commands
+from rayfleet.cli import (
+    data_commands,
+    render_commands,
+    run_commands,
+    serve_commands,
+    spec_commands,
+    sweep_commands,
+)
 from rayfleet.cli.output import set_debug
 
 app = typer.Typer(
@@ -24,6 +31,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 app.command()(spec_commands.validate)
 app.command()(spec_commands.schema)
 app.command()(run_commands.run)
+app.command()(render_commands.render)
+app.command()(serve_commands.serve)
+app.command()(serve_commands.predict)
 app.add_typer(sweep_commands.app, name="sweep")
 app.add_typer(data_commands.app, name="data")
 

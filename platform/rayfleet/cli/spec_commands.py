@@ -31,6 +31,13 @@ def validate(
         console.print(f"  tunes:   {', '.join(job.spec.search_space)}", highlight=False)
         console.print(f"  sweep:   {prep.uri}", highlight=False)
         return
+    if job.kind == "ModelDeployment":
+        console.print(f"[green]valid[/] ModelDeployment {job.name}", highlight=False)
+        console.print(
+            f"  model:   {job.model_name} <- {job.spec.source.describe()}", highlight=False
+        )
+        console.print(f"  storage: {job.storage_uri()}", highlight=False)
+        return
     console.print(f"[green]valid[/] {job.kind} {job.name}", highlight=False)
     console.print(f"  storage: {job.storage_uri()}", highlight=False)
     if job.spec.dataset:

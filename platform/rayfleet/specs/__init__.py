@@ -14,13 +14,15 @@ from pydantic import ValidationError
 
 from rayfleet.errors import SpecError
 from rayfleet.specs.base import API_VERSION, DEFAULT_STORAGE, STORAGE_ENV, Metadata, SpecModel
+from rayfleet.specs.serve import ModelDeployment
 from rayfleet.specs.sweep import SweepJob
 from rayfleet.specs.train import TrainJob, TrainJobSpec
 
-Spec = TrainJob | SweepJob
+Spec = TrainJob | SweepJob | ModelDeployment
 KINDS: dict[str, type[SpecModel]] = {
     "TrainJob": TrainJob,
     "SweepJob": SweepJob,
+    "ModelDeployment": ModelDeployment,
 }
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "KINDS",
     "STORAGE_ENV",
     "Metadata",
+    "ModelDeployment",
     "Spec",
     "SpecModel",
     "SweepJob",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -71,6 +71,19 @@ NameStr = Annotated[str, AfterValidator(_check_name)]
 class Metadata(SpecModel):
     name: NameStr = Field(description="Run name: the storage folder and the Ray Train run name.")
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Resource(SpecModel):
+    """A Kubernetes-shaped spec: `apiVersion`, `kind`, `metadata`, `spec` (set by each kind)."""
+
+    api_version: Literal["rayfleet.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: str  # narrowed to its Literal by each kind; declared here to keep the YAML order
+    metadata: Metadata
+
+    @property
+    def name(self) -> str:
+        """metadata.name: the run, sweep or Serve application name."""
+        return self.metadata.name
 
 
 def resolve_storage(raw: str | None) -> StorageURI:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rayfleet.specs.base import Metadata, SpecModel, UriStr, resolve_storage
+from rayfleet.specs.base import Resource, SpecModel, UriStr, resolve_storage
 from rayfleet.specs.train import TrainJobSpec
 from rayfleet.storage.uri import StorageURI
 
@@ -136,17 +136,11 @@ class SweepJobSpec(SpecModel):
         return self
 
 
-class SweepJob(SpecModel):
+class SweepJob(Resource):
     """A hyperparameter sweep (Ray Tune) over data-parallel TrainJob trials."""
 
-    api_version: Literal["rayfleet.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["SweepJob"]
-    metadata: Metadata
     spec: SweepJobSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
     def sweep_uri(self, train_storage: str | None) -> StorageURI:
         """`<storage>/sweeps/<name>`: the sweep's storage, else the TrainJob's, else default."""

@@ -12,7 +12,7 @@ from rayfleet.specs.base import (
     ENTRYPOINT_RE,
     STORAGE_ENV,
     DatasetStr,
-    Metadata,
+    Resource,
     SpecModel,
     UriStr,
     is_dataset_name,
@@ -122,17 +122,11 @@ class TrainJobSpec(SpecModel):
         return self
 
 
-class TrainJob(SpecModel):
+class TrainJob(Resource):
     """A data-parallel training run (Ray Train TorchTrainer)."""
 
-    api_version: Literal["rayfleet.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["TrainJob"]
-    metadata: Metadata
     spec: TrainJobSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
     def storage_uri(self) -> StorageURI:
         """The storage root: the spec's, else $RAYFLEET_STORAGE, else ~/.rayfleet/store."""

@@ -222,6 +222,9 @@ def run_sweep(
     owns_ray = ensure_ray(verbose=verbose, dashboard=True)
     try:
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", _EXPERIMENT_SAVE_S)
+        # Tune's newer console output prints its own banners even at verbose=0; rayfleet
+        # draws the table, so take the legacy reporter, which verbose=0 silences.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         cpus, gpus = trial_cpus_gpus(prep)
         trainable = tune.with_resources(
             tune.with_parameters(

@@ -1,0 +1,137 @@
+"""One renderer per spec kind: `RENDERERS[kind](spec_file, options) -> objects`.
+
+A new kind is one function here plus its entry in RENDERERS.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from rayfleet.errors import SpecError
+from rayfleet.k8s import pods
+from rayfleet.k8s.cluster import Layout, WorkerGroup, head_pdb, ray_cluster_spec
+from rayfleet.k8s.network import network_policy
+from rayfleet.k8s.options import RenderOptions
+from rayfleet.k8s.pods import SPEC_MOUNT
+from rayfleet.k8s.rayjob import namespaced, ray_job
+from rayfleet.k8s.source import SpecFile
+from rayfleet.specs import ModelDeployment, SweepJob, TrainJob
+
+# KubeRay names the RayCluster `<rayjob>-<5 chars>` and requires DNS-1035 names (a letter
+# first) of at most 53 characters for it: 47 for a RayJob or RayService.
+MAX_RAYJOB_NAME = 47
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+Renderer = Callable[[SpecFile, RenderOptions], list[dict[str, Any]]]
+
+
+def check_name(src: SpecFile, limit: int, what: str) -> str:
+    name = src.spec.metadata.name
+    if len(name) > limit or not _DNS1035.match(name):
+        raise SpecError(
+            f"{src.path}: metadata.name {name!r} can't name a {what}: KubeRay needs at most "
+            f"{limit} characters starting with a letter; rename it or use --set metadata.name=..."
+        )
+    return name
+
+
+def entrypoint(command: str, src: SpecFile) -> str:
+    """`rayfleet <command> <mounted spec> --set ...`: the same file and overrides as locally."""
+    args = ["rayfleet", command, f"{SPEC_MOUNT}/{src.file_name}"]
+    args += [f"--set={item}" for item in src.overrides]
+    return shlex.join(args)
+
+
+def _training_job(
+    src: SpecFile, options: RenderOptions, train: TrainJob, *, command: str, copies: int
+) -> list[dict[str, Any]]:
+    """A RayJob running `rayfleet <command>` on `copies` concurrent copies of a TrainJob's
+    worker group (one pod per DDP worker, sized from its `spec.scaling`)."""
+    name = check_name(src, MAX_RAYJOB_NAME, "RayJob")
+    scaling = train.spec.scaling
+    group = WorkerGroup(
+        name="gpu" if scaling.gpus else "cpu",
+        replicas=scaling.num_workers * copies,
+        cpus=scaling.cpus_per_worker,
+        gpus=scaling.gpus,
+        memory=options.worker_memory,
+    )
+    layout = Layout(
+        name=name,
+        kind=src.spec.kind,
+        groups=(group,),
+        spec_config_map=f"{name}-job",
+        spec_files=tuple(src.files),
+    )
+    return ray_job(layout, entrypoint=entrypoint(command, src), files=src.files, options=options)
+
+
+def render_train_job(src: SpecFile, options: RenderOptions) -> list[dict[str, Any]]:
+    """TrainJob -> RayJob: one worker pod per DDP worker."""
+    assert isinstance(src.spec, TrainJob)
+    return _training_job(src, options, src.spec, command="run", copies=1)
+
+
+def render_sweep_job(src: SpecFile, options: RenderOptions) -> list[dict[str, Any]]:
+    """SweepJob -> RayJob running `rayfleet sweep`, with room for `maxConcurrentTrials`
+    trials at once (one when unset: the cluster then runs trials one after another)."""
+    from rayfleet.tune.space import prepare
+
+    sweep = src.spec
+    assert isinstance(sweep, SweepJob)
+    base = prepare(sweep, source_dir=src.path.resolve().parent).base
+    copies = sweep.spec.max_concurrent_trials or 1
+    return _training_job(src, options, base, command="sweep", copies=copies)
+
+
+def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[str, Any]]:
+    """ModelDeployment -> RayService. `serveConfigV2` is the same Serve application config
+    `rayfleet serve` deploys locally (the spec travels in its `args`, the source is resolved
+    by the replicas from storage), so a replica change is an in-place Serve update; workers
+    are sized for the most replicas the spec can ask for."""
+    import yaml
+
+    from rayfleet.serve.deployment import application_config
+
+    deployment = src.spec
+    assert isinstance(deployment, ModelDeployment)
+    name = check_name(src, MAX_RAYJOB_NAME, "RayService")
+    spec = deployment.spec
+    most = spec.autoscaling.max_replicas if spec.autoscaling else (deployment.num_replicas or 1)
+    group = WorkerGroup(
+        name="gpu" if spec.gpus_per_replica else "cpu",
+        replicas=most,
+        cpus=max(spec.cpus_per_replica, 1),
+        gpus=spec.gpus_per_replica,
+        memory=options.worker_memory,
+    )
+    layout = Layout(name=name, kind=deployment.kind, groups=(group,), serve=True)
+    config = {"applications": [application_config(deployment)]}
+    service = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": name, "labels": pods.labels(name, "ray-service", deployment.kind)},
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
+            "rayClusterConfig": ray_cluster_spec(layout, options),
+        },
+    }
+    policy = network_policy(
+        name=name,
+        cluster=name,
+        metadata_labels=pods.labels(name, "network-policy", deployment.kind),
+        operator_namespace=options.operator_namespace,
+        egress_ports=options.egress_ports,
+        serve_from=[],
+    )
+    return namespaced([service, policy, head_pdb(layout)], options)
+
+
+RENDERERS: dict[str, Renderer] = {
+    "TrainJob": render_train_job,
+    "SweepJob": render_sweep_job,
+    "ModelDeployment": render_model_deployment,
+}

@@ -1,0 +1,72 @@
+"""The NetworkPolicy around one Ray cluster.
+
+Ray's GCS (6379), dashboard/Jobs API (8265) and client (10001) ports run arbitrary code for
+whoever reaches them, so they stay inside: the cluster's own pods talk freely (Ray opens many
+ports between nodes), named clients (RayJob submitters, helm tests: CLIENT_LABEL) reach the
+three Ray ports, the KubeRay operator reaches the dashboard (and Serve's health check), and
+Serve (8000) opens only to the peers given. Egress: the cluster itself, DNS, and the listed
+TCP ports (S3 over HTTPS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rayfleet.k8s import pods
+
+
+def _tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": p} for p in ports]
+
+
+def operator_peer(namespace: str) -> dict[str, Any]:
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+    }
+
+
+def network_policy(
+    *,
+    name: str,
+    cluster: str,
+    metadata_labels: dict[str, str],
+    operator_namespace: str,
+    egress_ports: Iterable[int],
+    serve_from: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`serve_from=None`: no Serve rule; a list: Serve (8000) open to those peers and clients."""
+    own = {"podSelector": {"matchLabels": {pods.CLUSTER_LABEL: cluster}}}
+    # The operator polls the dashboard, and for a RayService the head's Serve proxy health.
+    operator_ports = [pods.RAY_PORTS["dashboard"]]
+    if serve_from is not None:
+        operator_ports.append(pods.SERVE_PORT)
+    clients = {"podSelector": {"matchLabels": {pods.CLIENT_LABEL: cluster}}}
+    ingress: list[dict[str, Any]] = [
+        {"from": [own]},
+        {"from": [clients], "ports": _tcp(*pods.RAY_PORTS.values())},
+        {
+            "from": [operator_peer(operator_namespace)],
+            "ports": _tcp(*operator_ports),
+        },
+    ]
+    if serve_from is not None:
+        ingress.append({"from": [clients, *serve_from], "ports": _tcp(pods.SERVE_PORT)})
+    egress: list[dict[str, Any]] = [
+        {"to": [own]},
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+    ]
+    if ports := list(egress_ports):
+        egress.append({"ports": _tcp(*ports)})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "labels": metadata_labels},
+        "spec": {
+            "podSelector": {"matchLabels": {pods.CLUSTER_LABEL: cluster}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }

@@ -1,0 +1,203 @@
+"""The HTTP API: a FastAPI app speaking the Open Inference Protocol over an InferenceService.
+
+The same `build_app(service)` runs inside each Ray Serve replica (see `deployment`) and, for
+the benchmark's baseline, under plain uvicorn: the two differ only by Ray Serve.
+
+Errors are the app's own, always JSON `{"error": ...}` with a 4xx status: bodies are read and
+parsed here (not by FastAPI's validation), so malformed JSON is a 400, an oversized body a 413
+(checked from Content-Length and again while streaming), an unknown model or path a 404, a
+wrong method a 405. No input reaches a 5xx: inputs are validated before the model runs, and
+non-finite values, which JSON can't carry back, are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rayfleet.serve.loading import LoadedModel
+from rayfleet.serve.protocol import (
+    ProtocolError,
+    encode_response,
+    model_metadata,
+    parse_infer_request,
+)
+
+log = logging.getLogger(__name__)
+SERVER_NAME = "rayfleet"
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+class InferenceService:
+    """One loaded model plus its dynamic batching; what every route calls.
+
+    With `max_batch_size > 1`, concurrent requests are grouped by `@serve.batch` (up to that
+    many requests, waiting at most `batch_wait_timeout_s`) and run as one forward pass; each
+    request's rows are split back out. Requests are validated before they join a batch, so a
+    bad request never fails the requests batched with it.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_batch_size: int = 1,
+        batch_wait_timeout_s: float = 0.0,
+        max_request_bytes: int = 1 << 20,
+    ):
+        self.model = model
+        self.max_request_bytes = max_request_bytes
+        self.max_batch_size = max_batch_size
+        self.batches: list[int] = []  # recent batch sizes (requests), for tests and stats
+        self._batched = None
+        if max_batch_size > 1:
+            from ray import serve
+
+            self._batched = serve.batch(
+                max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s
+            )(self._forward_batch)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    async def _forward_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        self._note_batch(len(arrays))
+        if len(arrays) == 1:
+            return [self.model.predict(arrays[0])]
+        logits = self.model.predict(np.concatenate(arrays))
+        return np.split(logits, np.cumsum([len(a) for a in arrays])[:-1])
+
+    def _note_batch(self, size: int) -> None:
+        self.batches.append(size)
+        if len(self.batches) > 4096:
+            del self.batches[:2048]
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        if self._batched is not None:
+            return await self._batched(x)
+        self._note_batch(1)
+        return self.model.predict(x)
+
+    def metadata(self) -> dict[str, Any]:
+        meta = self.model.meta
+        extra = {
+            "recipe": meta.get("recipe"),
+            "checkpoint": self.model.uri,
+            "epoch": meta.get("epoch"),
+            "metrics": meta.get("metrics", {}),
+            "max_batch_size": self.max_batch_size,
+        }
+        return model_metadata(self.model.name, self.model.version, self.model.signature, extra)
+
+
+def build_app(service: InferenceService) -> FastAPI:
+    """The OIP routes over `service`; docs are off (the protocol is the documentation)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    limit = service.max_request_bytes
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        messages = {404: "no such path; see /v2 and /v2/models/NAME", 405: "method not allowed"}
+        message = exc.detail if exc.status_code not in messages else messages[exc.status_code]
+        response = error(exc.status_code, str(message))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return error(400, f"invalid request: {exc.errors()[:1]}")
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> Response:
+        # A server bug, not a bad input: JSON like every other error, so clients can tell it
+        # from a proxy's 500 (a replica that died mid-request, which is worth retrying).
+        log.exception("inference failed")
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    def _model_or_404(name: str, version: str | None) -> Response | None:
+        if name != service.name:
+            return error(
+                404, f"model {name!r} is not served here; this server has {service.name!r}"
+            )
+        if version is not None and version != service.model.version:
+            return error(
+                404, f"model {name!r} has no version {version!r}; it has {service.model.version!r}"
+            )
+        return None
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return _json({"name": SERVER_NAME, "version": _version(), "extensions": []})
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        # A replica takes traffic only after its model loaded, so reaching here means ready.
+        return _json({"ready": True})
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def metadata(name: str, version: str | None = None) -> Response:
+        return _model_or_404(name, version) or _json(service.metadata())
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        return _model_or_404(name, version) or _json({"name": name, "ready": True})
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        if (missing := _model_or_404(name, version)) is not None:
+            return missing
+        if "inference-header-content-length" in request.headers:
+            return error(400, "the binary tensor extension is not supported; send JSON tensors")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return error(400, "Content-Length is not a number")
+            if int(declared) > limit:
+                return error(413, f"request body is {declared} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return error(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        try:
+            req = parse_infer_request(b"".join(chunks), service.model.signature)
+        except ProtocolError as exc:
+            return error(exc.status, exc.message)
+        logits = await service.infer(req.array)
+        return _json(encode_response(service.name, service.model.version, req, logits))
+
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rayfleet")
+    except PackageNotFoundError:
+        return "0"

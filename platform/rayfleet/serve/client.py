@@ -1,0 +1,151 @@
+"""A small Open Inference Protocol client with retries and backoff: what `rayfleet predict` uses.
+
+Inference is idempotent, so a request that may not have been answered is sent again:
+
+- connection errors and timeouts (a proxy restarting, a port not open yet);
+- 503 / 502 / 504 / 429 (unavailable, overloaded; `Retry-After` is honoured, capped);
+- 500 whose body is not this server's JSON error: that is Ray Serve's proxy reporting a
+  replica that died with the request in flight (Serve does not retry those itself). The app
+  answers every error of its own as JSON `{"error": ...}`, so its 500s (bugs) are not retried.
+
+Other 4xx are the caller's mistake and raise InferenceError at once. Backoff doubles from
+`backoff_s` up to `max_backoff_s`, with jitter, for at most `retries` retries.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from rayfleet.errors import BadInputError, WorkFailedError
+
+RETRY_STATUS = {429, 502, 503, 504}
+
+
+class InferenceError(BadInputError):
+    """The server refused the request (4xx): its status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class UnavailableError(WorkFailedError):
+    """No answer after every retry."""
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    attempts: int = 0
+    retried: int = 0  # requests that needed at least one retry
+
+
+def _error_message(response: httpx.Response) -> str | None:
+    """This app's error text, or None when the body is not its `{"error": ...}` JSON."""
+    try:
+        doc = response.json()
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return doc["error"]
+    return None
+
+
+class PredictClient:
+    """OIP calls against one server: `metadata`, `ready`, `infer`, each with retries."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retries: int = 5,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        timeout_s: float = 30.0,
+    ):
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.stats = ClientStats()
+        self._lock = threading.Lock()
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+            limits=httpx.Limits(max_keepalive_connections=64, max_connections=256),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PredictClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
+        if response is not None and (after := response.headers.get("retry-after", "")).isdigit():
+            delay = max(delay, min(float(after), self.max_backoff_s))
+        return delay * (0.5 + random.random() / 2)
+
+    def request(self, method: str, path: str, json_body: Any = None) -> dict[str, Any]:
+        """One call with retries; the decoded JSON answer of a 2xx."""
+        url = f"{self.url}{path}"
+        last = ""
+        with self._lock:
+            self.stats.requests += 1
+        for attempt in range(self.retries + 1):
+            if attempt:
+                with self._lock:
+                    self.stats.retried += attempt == 1
+            with self._lock:
+                self.stats.attempts += 1
+            response = None
+            try:
+                response = self._http.request(method, url, json=json_body)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if response.is_success:
+                    return response.json()
+                message = _error_message(response)
+                retry = response.status_code in RETRY_STATUS or (
+                    response.status_code == 500 and message is None
+                )
+                if not retry:
+                    detail = message or response.text[:300] or response.reason_phrase
+                    if response.status_code < 500:
+                        raise InferenceError(response.status_code, detail)
+                    raise WorkFailedError(f"{url}: HTTP {response.status_code}: {detail}")
+                last = f"HTTP {response.status_code}: {(message or response.text)[:200]}"
+            if attempt < self.retries:
+                time.sleep(self._delay(attempt, response))
+        raise UnavailableError(
+            f"{url}: no answer after {self.retries + 1} attempt(s) ({last}); is the server "
+            "running? (`rayfleet serve status`)"
+        )
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        return self.request("GET", f"/v2/models/{model}")
+
+    def ready(self, model: str) -> bool:
+        return bool(self.request("GET", f"/v2/models/{model}/ready").get("ready"))
+
+    def infer(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"/v2/models/{model}/infer", body)
+
+
+def output(response: dict[str, Any], name: str) -> dict[str, Any]:
+    """One named output tensor of an infer response."""
+    for tensor in response.get("outputs", []):
+        if tensor.get("name") == name:
+            return tensor
+    raise KeyError(f"response has no output {name!r}")

@@ -1,0 +1,351 @@
+"""Deploy, scale, inspect and stop ModelDeployments on the Serve instance of the connected Ray.
+
+The caller connects Ray (the CLI: `ensure_ray`, or `attach` to a running instance). Serve is
+driven through its declarative config (see `deployment`): `apply_config` replaces the whole
+set of config-deployed applications, so `deploy` merges ours into what is already running.
+
+This is the one module that touches Serve's private client (`serve._private.api.serve_start`
+and `ServeControllerClient.deploy_apps`/`get_serve_details`), the calls `serve run
+config.yaml` makes; Ray 2.60 has no public Python API for config deploys. Everything else
+uses `ray.serve`'s public API.
+
+A `rayfleet serve` running in the foreground records its Ray address and URL in a small state
+file (`~/.rayfleet/serve-local.json`, or $RAYFLEET_SERVE_STATE), so `rayfleet serve status`,
+`rayfleet serve SPEC --replicas N` and `rayfleet predict` in another terminal find it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayfleet.errors import BadInputError, WorkFailedError
+from rayfleet.serve.deployment import DEPLOYMENT, application_config
+from rayfleet.serve.loading import ModelLoadError, ResolvedSource
+from rayfleet.specs.serve import ModelDeployment
+
+STATE_ENV = "RAYFLEET_SERVE_STATE"
+DEFAULT_STATE = "~/.rayfleet/serve-local.json"
+DEFAULT_PORT = 8000
+_POLL_S = 0.25
+
+Notify = Callable[[str], None]
+
+
+class NotServingError(BadInputError):
+    """No Serve instance to talk to (nothing started here, and no RAY_ADDRESS)."""
+
+
+@dataclass
+class AppState:
+    """One served application, as `rayfleet serve status` shows it."""
+
+    name: str
+    status: str
+    model_name: str | None
+    checkpoint: str | None
+    running: int
+    target: str  # "2", or "1-4 (autoscaling)"
+    route_prefix: str | None
+    message: str = ""
+    states: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DeployResult:
+    name: str
+    model_name: str
+    url: str  # base URL of the OIP API (http://host:port + route prefix)
+    checkpoint: str
+    replicas: str
+    elapsed_s: float
+
+
+# ------------------------------------------------------------------------ the Serve client
+
+
+def _quiet_serve_logs() -> None:
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def start_serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT):
+    """Start Serve on the connected Ray (or connect to the running one); its client."""
+    from ray.serve._private.api import serve_start
+
+    _quiet_serve_logs()
+    return serve_start(http_options={"host": host, "port": port})
+
+
+def _client():
+    """The client of the Serve instance running on the connected Ray, or None."""
+    from ray.serve.context import _get_global_client
+
+    _quiet_serve_logs()
+    return _get_global_client(raise_if_no_controller_running=False)
+
+
+def base_url(details: dict[str, Any], route_prefix: str = "/") -> str:
+    http = details.get("http_options") or {}
+    host = http.get("host") or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    prefix = "" if route_prefix in (None, "/") else route_prefix
+    return f"http://{host}:{http.get('port', DEFAULT_PORT)}{prefix}"
+
+
+# ------------------------------------------------------------------------------ operations
+
+
+def deploy(
+    deployment: ModelDeployment,
+    resolved: ResolvedSource,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    timeout_s: float = 300.0,
+    notify: Notify | None = None,
+) -> DeployResult:
+    """Deploy (or update in place) one ModelDeployment and wait until it serves.
+
+    `resolved` pins the checkpoint every replica loads. Replica-count changes are in-place
+    (see `deployment`). Raises ModelLoadError when replicas refuse the checkpoint,
+    WorkFailedError when the deployment fails otherwise or does not come up in `timeout_s`.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    started = time.monotonic()
+    notify = notify or (lambda message: None)
+    client = _client() or start_serve(host, port)  # a running Serve keeps its HTTP options
+    details = client.get_serve_details()
+    ours = application_config(deployment, checkpoint=str(resolved.uri))
+    apps = [
+        app["deployed_app_config"]
+        for name, app in (details.get("applications") or {}).items()
+        if name != deployment.name and app.get("deployed_app_config")
+    ]
+    clash = [a["name"] for a in apps if a.get("route_prefix") == ours["route_prefix"]]
+    if clash:
+        raise BadInputError(
+            f"route prefix {ours['route_prefix']!r} is taken by application {clash[0]!r}; set "
+            "spec.routePrefix (e.g. /" + deployment.name + ") or stop the other one"
+        )
+    previous = _app_status(deployment.name)
+    previous_ts = previous.last_deployed_time_s if previous is not None else None
+    config = {"http_options": details.get("http_options") or {}, "applications": [*apps, ours]}
+    config["http_options"] = {
+        k: v for k, v in config["http_options"].items() if k in ("host", "port", "root_path")
+    }
+    client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+    notify(f"deploying {deployment.name} ({_target(deployment)} replica(s))")
+    _wait_running(deployment, previous_ts, timeout_s)
+    return DeployResult(
+        name=deployment.name,
+        model_name=deployment.model_name,
+        url=base_url(client.get_serve_details(), deployment.spec.route_prefix),
+        checkpoint=str(resolved.uri),
+        replicas=_target(deployment),
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _target(deployment: ModelDeployment) -> str:
+    a = deployment.spec.autoscaling
+    if a is not None:
+        return f"{a.min_replicas}-{a.max_replicas} (autoscaling)"
+    return str(deployment.num_replicas)
+
+
+def _app_status(name: str):
+    from ray import serve
+
+    return serve.status().applications.get(name)
+
+
+def _failure(deployment: ModelDeployment, message: str) -> Exception:
+    """The one line that says why replicas failed, from Serve's (traceback) message."""
+    marker = f"{ModelLoadError.__module__}.{ModelLoadError.__name__}: "
+    for line in message.splitlines():
+        if marker in line:
+            return ModelLoadError(line.split(marker, 1)[1].strip())
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    detail = lines[-1][:300] if lines else "no message"
+    return WorkFailedError(
+        f"deployment {deployment.name} failed: {detail}; see the replica logs "
+        "(rerun with --verbose)"
+    )
+
+
+def _wait_running(deployment: ModelDeployment, previous_ts: float | None, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    want = deployment.num_replicas  # None under autoscaling
+    last = None
+    while time.monotonic() < deadline:
+        app = _app_status(deployment.name)
+        last = app
+        if app is not None and (previous_ts is None or app.last_deployed_time_s != previous_ts):
+            dep = app.deployments.get(DEPLOYMENT)
+            if app.status == "DEPLOY_FAILED":
+                # The replica's traceback is in the deployment's message, not the app's.
+                raise _failure(deployment, f"{dep.message if dep else ''}\n{app.message}")
+            if app.status == "RUNNING" and dep is not None:
+                states = {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
+                settled = sum(states.values()) == states.get("RUNNING", 0)
+                if want is None or (states.get("RUNNING") == want and settled):
+                    return
+        time.sleep(_POLL_S)
+    state = f"{last.status}: {last.message[:200]}" if last is not None else "not created"
+    raise WorkFailedError(
+        f"deployment {deployment.name} is not running after {timeout_s:.0f}s ({state}); "
+        "check `rayfleet serve status` and the replica logs (--verbose)"
+    )
+
+
+def status() -> list[AppState]:
+    """Every application on the connected Serve instance."""
+    from ray import serve
+
+    client = _client()
+    if client is None:
+        return []
+    details = client.get_serve_details()
+    overview = serve.status().applications
+    out = []
+    for name, app in sorted(overview.items()):
+        detail = (details.get("applications") or {}).get(name) or {}
+        config = detail.get("deployed_app_config") or {}
+        args = config.get("args") or {}
+        spec = (args.get("spec") or {}).get("spec") or {}
+        override = next(
+            (d for d in config.get("deployments") or [] if d.get("name") == DEPLOYMENT), {}
+        )
+        if "autoscaling_config" in override:
+            a = override["autoscaling_config"]
+            target = f"{a.get('min_replicas')}-{a.get('max_replicas')} (autoscaling)"
+        else:
+            target = str(override.get("num_replicas", "?"))
+        dep = app.deployments.get(DEPLOYMENT)
+        states = (
+            {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()} if dep else {}
+        )
+        out.append(
+            AppState(
+                name=name,
+                status=str(getattr(app.status, "value", app.status)),
+                model_name=spec.get("modelName")
+                or (args.get("spec") or {}).get("metadata", {}).get("name"),
+                checkpoint=args.get("checkpoint"),
+                running=states.get("RUNNING", 0),
+                target=target,
+                route_prefix=detail.get("route_prefix"),
+                message=app.message,
+                states=states,
+            )
+        )
+    return out
+
+
+def serve_url(route_prefix: str = "/") -> str | None:
+    """Base URL of the connected Serve instance's HTTP proxy, or None if Serve is not running."""
+    client = _client()
+    return base_url(client.get_serve_details(), route_prefix) if client is not None else None
+
+
+def shutdown() -> None:
+    from ray import serve
+
+    serve.shutdown()
+
+
+# -------------------------------------------------------------- the local instance's record
+
+
+def state_path() -> Path:
+    return Path(os.path.expanduser(os.environ.get(STATE_ENV) or DEFAULT_STATE))
+
+
+def write_local_state(url: str) -> None:
+    import ray
+
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "pid": os.getpid(),
+        "ray_address": ray.get_runtime_context().gcs_address,
+        "auth_mode": "token" if _token_auth_on() else "disabled",
+        "url": url,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def _token_auth_on() -> bool:
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    return get_authentication_mode() == AuthenticationMode.TOKEN
+
+
+def read_local_state() -> dict[str, Any] | None:
+    """The running local `rayfleet serve`'s record, or None (absent, stale or unreadable)."""
+    try:
+        doc = json.loads(state_path().read_text())
+        os.kill(int(doc["pid"]), 0)  # is that process still alive?
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return doc
+
+
+def clear_local_state() -> None:
+    doc = None
+    try:
+        doc = json.loads(state_path().read_text())
+    except (OSError, ValueError):
+        pass
+    if doc is not None and doc.get("pid") == os.getpid():
+        state_path().unlink(missing_ok=True)
+
+
+def attach(*, verbose: bool = False) -> tuple[bool, bool]:
+    """Connect to the Ray that runs Serve: the current one, RAY_ADDRESS, or the local
+    `rayfleet serve`. Returns (connected, owned): disconnect with `ray.shutdown()` when owned.
+    """
+    import ray
+
+    from rayfleet.train.launcher import ensure_ray
+
+    if ray.is_initialized():
+        return True, False
+    if not os.environ.get("RAY_ADDRESS"):
+        local = read_local_state()
+        if local is None:
+            return False, False
+        os.environ["RAY_ADDRESS"] = local["ray_address"]
+        if "RAY_AUTH_MODE" not in os.environ and local.get("auth_mode") == "token":
+            _use_token_auth()
+    address = os.environ["RAY_ADDRESS"]
+    try:
+        return True, ensure_ray(verbose=verbose)
+    except ConnectionError as exc:
+        raise NotServingError(
+            f"cannot connect to Ray at {address} ({str(exc).splitlines()[0][:160]}); is the "
+            "`rayfleet serve` that started it still running? Check RAY_ADDRESS, or remove "
+            f"{state_path()} if that process is gone"
+        ) from None
+
+
+def _use_token_auth() -> None:
+    """Send the local token (~/.ray/auth_token) when connecting to our own local Ray.
+
+    A Ray started by `ray.init()` turns token auth on by default, but a driver connecting to an
+    explicit address only sends the token when RAY_AUTH_MODE says so, and Ray caches its
+    config at import. This is what Ray itself does when it turns token auth on in-process.
+    """
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")

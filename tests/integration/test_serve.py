@@ -1,0 +1,382 @@
+"""Serving end to end, the way a user does it: a short digits run trained into the loopback S3,
+a sweep's best.json naming its checkpoint, then `rayfleet serve SPEC` in the foreground (its
+own embedded Ray and Serve on a free port on 127.0.0.1) and every other command against it:
+`rayfleet predict`, `serve status`, `serve SPEC --replicas N`, a killed replica, a corrupt
+checkpoint, Ctrl-C. Nothing is mocked; this test process never connects to Ray itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+import torch
+import yaml
+
+from rayfleet.errors import RayfleetError
+from rayfleet.serve.client import PredictClient
+from rayfleet.serve.evaluate import evaluate_served, read_split
+from rayfleet.specs import load_spec
+from rayfleet.storage.checkpoints import download_verified
+from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
+from rayfleet.storage.uri import parse_uri
+from rayfleet.train.launcher import run_train_job
+from rayfleet.train.recipes.digits import build_model
+
+from ..conftest import BUCKET, REPO
+from ..unit.test_serve_protocol import BAD
+
+pytestmark = pytest.mark.integration
+TRAIN = REPO / "jobs" / "digits" / "train.yaml"
+SERVE = REPO / "jobs" / "digits" / "serve.yaml"
+RUN, SWEEP, MODEL = "serve-digits", "serve-sweep", "digits"
+TENSOR = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
+ONE = {"inputs": [TENSOR]}
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+def _free_port() -> int:
+    """A free port below the kernel's ephemeral range (32768+) and above Ray's worker ports
+    (10002-19999), so Ray starting up can't take it before Serve's proxy binds it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(21000, 29999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 21000-29999")
+
+
+class Server:
+    def __init__(self, proc, url, spec, env, log):
+        self.proc, self.url, self.spec, self.env, self.log = proc, url, spec, env, log
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def cli(self, *args: str, timeout: float = 120, stdin: str | None = None):
+        """The serve commands in their own process, as a user in a second terminal runs them."""
+        return subprocess.run(
+            [sys.executable, "-m", "rayfleet.cli.serve_commands", *args],
+            capture_output=True, text=True, timeout=timeout, env=self.env, input=stdin,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(s3, digits_uri):
+    """A real (short) digits run: 1 worker, 2 epochs, checkpoints with manifests in S3."""
+    job = load_spec(
+        TRAIN,
+        [f"metadata.name={RUN}", f"spec.storage=s3://{BUCKET}", "spec.run.epochs=2",
+         "spec.scaling.numWorkers=1"],
+    )  # fmt: skip
+    return run_train_job(job)
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    # A sweep's result, as sweeps write it, naming the trained checkpoint.
+    best = parse_uri(f"s3://{BUCKET}/sweeps/{SWEEP}/best.json")
+    doc = {"sweep": SWEEP, "metric": "val_accuracy", "mode": "max",
+           "value": trained.metrics["val_accuracy"], "trial_id": "t0", "params": {},
+           "checkpoint": trained.checkpoint_uri}  # fmt: skip
+    write_bytes(filesystem_for(best), best.fs_path, json.dumps(doc).encode())
+
+    spec = yaml.safe_load(SERVE.read_text())
+    spec["spec"].update(
+        source={"sweep": SWEEP}, storage=f"s3://{BUCKET}", replicas=1, cpusPerReplica=0.5,
+        batching={"maxBatchSize": 16, "batchWaitTimeoutS": 0.002},
+    )  # fmt: skip
+    spec_path = work / "serve.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    port = _free_port()
+    env = {**os.environ, "RAYFLEET_SERVE_STATE": str(work / "state.json")}
+    env.pop("RAY_ADDRESS", None)
+    log = work / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rayfleet.cli.serve_commands", "serve", str(spec_path),
+             "--port", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    srv = Server(proc, f"http://127.0.0.1:{port}", spec_path, env, log)
+    deadline = time.monotonic() + 240
+    while "Ctrl-C stops serving" not in srv.output():
+        assert proc.poll() is None, srv.output()[-3000:]
+        assert time.monotonic() < deadline, srv.output()[-3000:]
+        time.sleep(0.5)
+    yield srv
+    if proc.poll() is None:  # only the process this fixture started, by its handle
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_prints_the_url_and_predict_finds_it(server, digits_uri):
+    out = server.output()
+    assert f"{MODEL} <- sweep {SWEEP} (val_accuracy=" in out
+    assert f"serving {MODEL} at {server.url} (1 replica(s)" in out
+    assert f"rayfleet predict {MODEL} --input" in out
+    split = read_split(digits_uri, "val")
+    examples = server.spec.parent / "examples.json"
+    examples.write_text(json.dumps(split.features[:3].tolist()))
+    result = server.cli("predict", MODEL, "--input", str(examples))  # URL from the local state
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["0", "1", "2"]
+    assert all("class " in line for line in result.stdout.splitlines())
+
+
+def _offline_logits(checkpoint_uri: str, features: np.ndarray, tmp: Path) -> np.ndarray:
+    """The trained checkpoint evaluated with the recipe's own model, outside serving code."""
+    uri = parse_uri(checkpoint_uri)
+    manifest = download_verified(filesystem_for(uri), uri.fs_path, tmp)
+    model = build_model(manifest["meta"]["model_config"])
+    model.load_state_dict(torch.load(tmp / "state.pt", weights_only=True)["model"])
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(features.copy())).numpy()
+
+
+def test_served_predictions_equal_offline_on_the_whole_val_split(
+    server, trained, digits_uri, tmp_path
+):
+    split = read_split(digits_uri, "val")
+    served = evaluate_served(server.url, MODEL, split.features, split.labels, concurrency=8)
+    offline = _offline_logits(trained.checkpoint_uri, split.features, tmp_path)
+    assert served.rows == len(split.labels) == 360
+    np.testing.assert_array_equal(served.classes, offline.argmax(1))
+    np.testing.assert_allclose(served.logits, offline, rtol=1e-4, atol=1e-4)
+    offline_accuracy = float((offline.argmax(1) == split.labels).mean())
+    assert served.accuracy == offline_accuracy
+    # ... and equal to the trainer's own evaluation recorded in the checkpoint's manifest
+    assert served.accuracy == pytest.approx(trained.metrics["val_accuracy"], abs=1e-9)
+
+
+def _bad_calls():
+    """Generated bad requests: the unit set's bodies, random shapes, dtypes, names, methods,
+    and bodies over the limit (declared, streamed without a length, and 16 MiB)."""
+    calls = [("POST", INFER, {"content": body}) for body in BAD.values()]
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        shape = [int(d) for d in rng.integers(1, 4, size=rng.integers(1, 6))]
+        if shape[1:] != [1, 8, 8]:
+            tensor = {**TENSOR, "shape": shape, "data": [0.1] * int(np.prod(shape))}
+            calls.append(("POST", INFER, {"json": {"inputs": [tensor]}}))
+    for dtype in ("FP16", "FP64", "INT32", "BYTES", "BOOL", "fp32", 7, None):
+        calls.append(("POST", INFER, {"json": {"inputs": [{**TENSOR, "datatype": dtype}]}}))
+    for name in ("other", "Digits", "x" * 200):
+        calls.append(("POST", f"/v2/models/{name}/infer", {"json": ONE}))
+        calls.append(("GET", f"/v2/models/{name}/ready", {}))
+    for method in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        calls.append((method, INFER, {}))
+    calls += [("POST", "/v2/health/ready", {"json": ONE}), ("GET", "/v2/nope", {})]
+    calls.append(("GET", "/", {}))
+    huge = b" " * (2 << 20)  # over the 1 MiB default limit
+    calls.append(("POST", INFER, {"content": huge}))
+    calls.append(("POST", INFER, {"content": iter([huge[: 1 << 20], huge])}))
+    calls.append(("POST", INFER, {"content": b"[" * (16 << 20)}))
+    return calls
+
+
+def test_bad_inputs_get_only_4xx_never_5xx(server):
+    calls = _bad_calls()
+    statuses = []
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for method, path, kwargs in calls:
+            r = client.request(method, path, **kwargs)
+            statuses.append(r.status_code)
+            assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text[:300])
+            if method != "HEAD":
+                assert "error" in r.json(), r.text[:300]
+        assert client.post(INFER, json=ONE).status_code == 200
+    assert len(calls) >= 60 and {400, 404, 405, 413} <= set(statuses)
+
+
+def test_status_lists_the_running_deployment(server):
+    result = server.cli("serve", "status")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("digits "))
+    assert row.split()[:4] == ["digits", MODEL, "RUNNING", "1/1"]
+    assert server.url in row and "checkpoint_e000001-" in row
+
+
+class Load:
+    """A bounded client loop: `threads` clients sending one request after another."""
+
+    def __init__(self, url: str, *, retries: int, threads: int = 2, max_s: float = 30.0):
+        self.client = PredictClient(
+            url, retries=retries, backoff_s=0.05, max_backoff_s=1.0, timeout_s=10
+        )
+        self.ok = self.failed = 0
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + max_s
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                self.client.infer(MODEL, ONE)
+                outcome = None
+            except RayfleetError as exc:
+                outcome = str(exc)
+            with self._lock:
+                if outcome is None:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                    self.errors.append(outcome)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+        self.client.close()
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.failed
+
+
+def test_replicas_1_2_1_in_place_under_load_without_failed_requests(server):
+    with Load(server.url, retries=0) as load:  # no client retries: Serve alone must not drop any
+        time.sleep(0.5)
+        up = server.cli("serve", str(server.spec), "--replicas", "2")
+        assert up.returncode == 0, up.stderr
+        assert "serving digits: 2 replica(s)" in up.stdout
+        down = server.cli("serve", str(server.spec), "--replicas", "1")
+        assert down.returncode == 0, down.stderr
+        assert "serving digits: 1 replica(s)" in down.stdout
+        time.sleep(0.5)
+    assert load.failed == 0, load.errors[:3]
+    assert load.ok > 50
+
+
+KILL_ONE_REPLICA = """
+import sys, time
+import ray
+from ray import serve
+from rayfleet.serve import runtime
+runtime.attach()
+app = sys.argv[1]
+def replicas():
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(f"SERVE_REPLICA::{app}#"))
+before = replicas()
+assert len(before) == 2, before
+ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+killed = time.monotonic()
+while time.monotonic() - killed < 15:
+    states = serve.status().applications[app].deployments["ModelServer"].replica_states
+    now = replicas()
+    settled = states.get("RUNNING") == 2 and sum(states.values()) == 2
+    if before[0] not in now and len(now) == 2 and settled:
+        break
+    time.sleep(0.2)
+print(f"killed {before[0]}; replaced in {time.monotonic() - killed:.1f}s")
+"""
+
+
+def test_killed_replica_under_load_no_failures_with_cli_retries(server, record_property, capsys):
+    up = server.cli("serve", str(server.spec), "--replicas", "2")
+    assert up.returncode == 0, up.stderr
+    started = time.monotonic()
+    with (
+        Load(server.url, retries=5, max_s=20) as with_retries,
+        Load(server.url, retries=0, max_s=20) as without,
+    ):
+        time.sleep(1.0)
+        kill = subprocess.run(
+            [sys.executable, "-c", KILL_ONE_REPLICA, "digits"],
+            capture_output=True, text=True, timeout=60, env=server.env,
+        )  # fmt: skip
+        time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    assert kill.returncode == 0, kill.stderr[-2000:]
+    assert "replaced in" in kill.stdout
+    report = (
+        f"replica killed under load ({elapsed:.1f}s, {kill.stdout.strip()}): without retries "
+        f"{without.failed} of {without.total} requests failed; with the CLI's retries "
+        f"{with_retries.failed} of {with_retries.total} "
+        f"({with_retries.client.stats.retried} retried)"
+    )
+    record_property("killed_replica", report)
+    with capsys.disabled():  # reported on every run, not only on failure
+        print(f"\n[serve] {report}")
+    assert with_retries.failed == 0, (report, with_retries.errors[:3])
+    assert with_retries.total > 20 and without.total > 20
+    assert elapsed < 40  # the loops stop by themselves after 20 s
+
+
+def _copy_checkpoint(src: str, dst: str, *, corrupt: bool) -> str:
+    s, d = parse_uri(src), parse_uri(dst)
+    fs = filesystem_for(s)
+    pafs.copy_files(s.fs_path, d.fs_path, source_filesystem=fs, destination_filesystem=fs)
+    if corrupt:  # same size, one byte flipped: only the sha256 can tell
+        data = bytearray(read_bytes(fs, f"{d.fs_path}/state.pt"))
+        data[len(data) // 2] ^= 0xFF
+        write_bytes(fs, f"{d.fs_path}/state.pt", bytes(data))
+    return str(d)
+
+
+def test_corrupt_checkpoint_is_refused_at_deploy_time(server, trained):
+    bad = _copy_checkpoint(
+        trained.checkpoint_uri,
+        f"s3://{BUCKET}/runs/serve-corrupt/checkpoint_e000001-0bad",
+        corrupt=True,
+    )
+    no_sweep = ["--set", "spec.source.sweep=null"]
+    started = time.monotonic()
+    result = server.cli(
+        "serve", str(server.spec), *no_sweep, "--set", f"spec.source.checkpoint={bad}"
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert (
+        f"checkpoint {bad}: state.pt sha256 does not match manifest; this checkpoint is refused"
+        in lines[0]
+    )
+    assert time.monotonic() - started < 30
+    by_run = server.cli(
+        "serve", str(server.spec), *no_sweep, "--set", "spec.source.run=serve-corrupt"
+    )
+    assert by_run.returncode == 2
+    assert "run serve-corrupt: no verified checkpoint" in by_run.stderr
+    assert "skipped checkpoint_e000001-0bad: state.pt sha256 does not match" in by_run.stderr
+    # the running deployment still serves the good checkpoint
+    meta = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10).json()
+    assert meta["versions"] == [trained.checkpoint_uri.rsplit("/", 1)[-1]]
+
+
+def test_ctrl_c_stops_serving_cleanly(server):
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(60) == 0, server.output()[-2000:]
+    assert server.output().rstrip().endswith("stopped")
+    assert not Path(server.env["RAYFLEET_SERVE_STATE"]).exists()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.url}/v2/health/live", timeout=2)

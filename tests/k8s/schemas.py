@@ -1,0 +1,99 @@
+"""Validators for rendered objects: KubeRay CRD schemas made strict, and built-in kinds.
+
+A CRD's openAPIV3Schema lets unknown fields through unless told otherwise (the API server
+prunes them silently), so a typo like `rayStartParam` would pass. Here every object schema
+with `properties` and no `x-kubernetes-preserve-unknown-fields` gets `additionalProperties:
+false`: an unknown field fails the test instead of vanishing on apply.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+KUBERAY_VERSION = "v1.7.0"
+CRD_DIR = REPO.parent / "shared" / "kuberay-crds" / KUBERAY_VERSION
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
+KUBERNETES_VERSION = "1.30.0"
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
+
+
+def strict(schema: Any) -> Any:
+    """A copy of an OpenAPI schema where objects with `properties` reject unknown keys."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {k: strict(v) for k, v in out["properties"].items()}
+        if not out.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+    for key in ("items", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = strict(out[key])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = strict(out["additionalProperties"])
+    for key in _SCHEMA_LISTS:
+        if key in out:
+            out[key] = [strict(s) for s in out[key]]
+    return out
+
+
+def crd_dir() -> Path:
+    """The KubeRay CRDs; missing schemas fail the run (never skip: CI must have them)."""
+    missing = [f for f in CRD_FILES.values() if not (CRD_DIR / f).is_file()]
+    if missing:
+        raise AssertionError(
+            f"KubeRay {KUBERAY_VERSION} CRD schemas missing in {CRD_DIR}: {', '.join(missing)}; "
+            "put the operator's CRDs there (ray-operator/config/crd/bases)"
+        )
+    return CRD_DIR
+
+
+@cache
+def crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    path = crd_dir() / CRD_FILES[kind]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load(path.read_text(), Loader=loader)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+def validate_ray(obj: dict[str, Any]) -> None:
+    assert obj.get("apiVersion") == "ray.io/v1", f"{obj.get('kind')}: use ray.io/v1"
+    errors = sorted(crd_validator(obj["kind"]).iter_errors(obj), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message[:300]}" for e in errors]
+        raise AssertionError(
+            f"{obj['kind']} {obj['metadata']['name']} fails the strict {KUBERAY_VERSION} CRD "
+            "schema:\n  " + "\n  ".join(lines[:20])
+        )
+
+
+def validate_builtin(obj: dict[str, Any]) -> None:
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as err:
+        path = ".".join(map(str, err.path))
+        raise AssertionError(
+            f"{obj['kind']} {obj['metadata']['name']}: {path}: {err.message[:300]}"
+        ) from None
+
+
+def validate(obj: dict[str, Any]) -> None:
+    """Ray kinds against the strict CRD schema, everything else with kubernetes-validate."""
+    if obj["kind"] in CRD_FILES:
+        validate_ray(obj)
+    else:
+        validate_builtin(obj)

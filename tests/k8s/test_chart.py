@@ -1,0 +1,438 @@
+"""charts/rayfleet rendered by a real Helm engine for every ci/ profile, then validated and
+checked for the security properties it promises (see the chart README)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from rayfleet.k8s import pods
+from tests.k8s import security
+from tests.k8s.chart_docs import documented, readme_rows, rows
+from tests.k8s.conftest import CHART, PROFILES, chart_objects, profile_values, render_chart
+from tests.k8s.objects import RAY_KINDS, by_kind, cluster_specs, pod_templates
+from tests.k8s.schemas import CRD_DIR, CRD_FILES, REPO, crd_dir, validate
+
+pytestmark = pytest.mark.k8s
+ALL = ["default", *PROFILES]
+
+
+def test_kuberay_crd_schemas_are_present():
+    assert crd_dir() == CRD_DIR
+    for name in CRD_FILES.values():
+        assert (CRD_DIR / name).stat().st_size > 100_000, name
+
+
+def test_ci_profiles_exist():
+    assert {"cpu-only", "gpu", "serving"} <= set(PROFILES)
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_profile_lints_clean(profile):
+    import helm_python
+
+    report = helm_python.lint(CHART, profile_values(profile), strict=True, kube_version="v1.30.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_every_object_validates(profile, profile_objects):
+    objects = profile_objects[profile]
+    assert objects
+    for obj in objects:
+        validate(obj)
+    ray = [o for o in objects if o["kind"] in RAY_KINDS]
+    assert ray, f"{profile}: no Ray object rendered"
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_security_properties(profile, profile_objects):
+    objects = profile_objects[profile]
+    security.assert_auth_on(objects)
+    security.assert_containers_hardened(objects)
+    security.assert_no_host_access(objects)
+    security.assert_no_secret_data(objects)
+    serve_peers = len(profile_values(profile).get("networkPolicy", {}).get("serveFrom", {}))
+    security.assert_network_policy(objects, serve_peers=serve_peers)
+    security.assert_head_pdb(objects)
+    security.assert_not_exposed(objects)
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_test_pods_are_hooks_and_clients(profile, profile_objects):
+    """`helm test` pods run only on `helm test`, and the NetworkPolicy admits them."""
+    tests = by_kind(profile_objects[profile], "Pod")
+    clusters = {
+        t["metadata"]["labels"][security.CLUSTER_LABEL]
+        for o in profile_objects[profile]
+        for _, t in pod_templates(o)
+        if o["kind"] in RAY_KINDS
+    }
+    assert tests
+    for pod in tests:
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        assert pod["metadata"]["labels"][security.CLIENT_LABEL] in clusters
+        assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_default_auth_secret_is_the_one_kuberay_generates(profile_objects):
+    """KubeRay names a generated token Secret like the cluster (names of 50 chars or fewer)."""
+    (cluster,) = by_kind(profile_objects["default"], "RayCluster")
+    name = cluster["metadata"]["name"]
+    assert len(name) <= 50 and re.match(r"^[a-z]", name)
+    (test,) = by_kind(profile_objects["default"], "Pod")
+    env = {e["name"]: e for e in test["spec"]["containers"][0]["env"]}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": name,
+        "key": "auth_token",
+    }
+    assert f"{name}-head-svc" in env["RAY_DASHBOARD"]["value"]
+
+
+def test_user_named_auth_secret(profile_objects):
+    (cluster,) = by_kind(profile_objects["gpu"], "RayCluster")
+    assert cluster["spec"]["authOptions"] == {"mode": "token", "secretName": "rayfleet-ray-token"}
+    (test,) = by_kind(profile_objects["gpu"], "Pod")
+    refs = [
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in test["spec"]["containers"][0]["env"]
+        if "valueFrom" in e
+    ]
+    assert refs == ["rayfleet-ray-token"]
+
+
+def _ray_containers(objects: list[dict[str, Any]]):
+    for obj in objects:
+        if obj["kind"] in RAY_KINDS:
+            for where, template in pod_templates(obj):
+                for c in template["spec"]["containers"]:
+                    yield where, template, c
+
+
+def test_storage_env_on_every_ray_container(profile_objects):
+    for where, _, c in _ray_containers(profile_objects["cpu-only"]):
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["RAYFLEET_STORAGE"] == "s3://rayfleet-ci/team-a", where
+        assert env["AWS_REGION"] == "us-east-1", where
+        assert "AWS_ENDPOINT_URL" not in env, where
+    for where, _, c in _ray_containers(profile_objects["serving"]):
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000", where
+        assert c["envFrom"] == [{"secretRef": {"name": "minio-credentials"}}], where
+
+
+def test_service_account_carries_the_cloud_identity(profile_objects):
+    (sa,) = by_kind(profile_objects["cpu-only"], "ServiceAccount")
+    assert "eks.amazonaws.com/role-arn" in sa["metadata"]["annotations"]
+    for where, template, _ in _ray_containers(profile_objects["cpu-only"]):
+        assert template["spec"]["serviceAccountName"] == sa["metadata"]["name"], where
+
+
+def test_worker_groups_and_gpus(profile_objects):
+    """A CPU and a GPU group by default; GPU groups get the GPU image, the GPU limit and the
+    GPU taint toleration; groups added by name render like the built-in ones."""
+    (default,) = by_kind(profile_objects["default"], "RayCluster")
+    groups = {g["groupName"]: g for g in default["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    gpu = groups["gpu"]["template"]["spec"]
+    assert gpu["containers"][0]["image"].endswith("-py311-gpu")
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu[
+        "tolerations"
+    ]
+    assert groups["cpu"]["template"]["spec"]["containers"][0]["image"].endswith("-py311")
+    assert default["spec"]["enableInTreeAutoscaling"] is True
+    (multi,) = by_kind(profile_objects["gpu"], "RayCluster")
+    groups = {g["groupName"]: g for g in multi["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu", "l4"}
+    assert (
+        groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        == "8"
+    )
+    (cpu_only,) = by_kind(profile_objects["cpu-only"], "RayCluster")
+    assert [g["groupName"] for g in cpu_only["spec"]["workerGroupSpecs"]] == ["cpu"]
+
+
+def test_only_an_autoscaled_head_mounts_an_api_token(profile_objects):
+    for obj in profile_objects["default"]:
+        for where, template in pod_templates(obj):
+            mounts = template["spec"].get("automountServiceAccountToken")
+            assert mounts is (where.endswith("head") and obj["kind"] in RAY_KINDS), where
+    no_autoscaler = render_chart({"autoscaling": {"enabled": False}})
+    assert "automountServiceAccountToken: true" not in "".join(no_autoscaler.values())
+
+
+def test_serving_profile_renders_a_rayservice_from_typed_values(profile_objects):
+    """serveConfigV2 is the ModelDeployment built from values, valid for the spec models."""
+    from rayfleet.specs import ModelDeployment, parse_spec
+
+    objects = profile_objects["serving"]
+    assert not by_kind(objects, "RayCluster")
+    (service,) = by_kind(objects, "RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    deployment = parse_spec(app["args"]["spec"], source="serveConfigV2")
+    assert isinstance(deployment, ModelDeployment)
+    assert deployment.model_name == "digits"
+    assert deployment.spec.source.run == "digits"
+    assert app["route_prefix"] == "/digits"
+    (server,) = app["deployments"]
+    assert server["autoscaling_config"]["max_replicas"] == 4
+    assert "num_replicas" not in server
+    ports = {
+        p["name"]
+        for p in service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+            "containers"
+        ][0]["ports"]
+    }
+    assert "serve" in ports
+
+
+@pytest.mark.parametrize(
+    "serve_values",
+    [
+        {"source": {"run": "digits"}},
+        {"source": {"run": "digits"}, "autoscaling": {"enabled": True, "minReplicas": 0}},
+        {"source": {"sweep": "digits-sweep"}, "replicas": 3, "batching": {"maxBatchSize": 1}},
+        {
+            "source": {"checkpoint": "s3://models/runs/d/checkpoint_e000001-abc"},
+            "gpusPerReplica": 1,
+        },
+    ],
+    ids=["defaults", "autoscaling", "sweep", "checkpoint"],
+)
+def test_serve_config_matches_rayfleet_serve(serve_values):
+    """The chart's serveConfigV2 equals what rayfleet's Serve code builds for the same spec."""
+    from rayfleet.serve.deployment import application_config
+    from rayfleet.specs import parse_spec
+
+    (service,) = by_kind(
+        chart_objects(render_chart({"serve": {"enabled": True, **serve_values}})), "RayService"
+    )
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    s = _merge(render_defaults()["serve"], serve_values)
+    spec = {
+        k: s[k]
+        for k in (
+            "source",
+            "batching",
+            "cpusPerReplica",
+            "gpusPerReplica",
+            "maxRequestBytes",
+            "routePrefix",
+        )
+    }
+    if s["autoscaling"]["enabled"]:
+        spec["autoscaling"] = {k: v for k, v in s["autoscaling"].items() if k != "enabled"}
+    else:
+        spec["replicas"] = s["replicas"]
+    doc = {
+        "apiVersion": "rayfleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": s["name"]},
+        "spec": spec,
+    }
+    expected = application_config(parse_spec(doc, source="values"))
+    # The chart leaves max_ongoing_requests to the builder, which sets it from the same spec.
+    expected["deployments"][0].pop("max_ongoing_requests")
+    assert _normal(app) == _normal(expected)
+
+
+def render_defaults() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Helm's values merge: maps merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _normal(app: dict[str, Any]) -> dict[str, Any]:
+    """The spec compared as parsed (defaults filled in), numbers as numbers."""
+    from rayfleet.specs import parse_spec
+
+    out = json.loads(json.dumps(app))
+    out["args"]["spec"] = parse_spec(out["args"]["spec"]).model_dump(by_alias=True)
+    return out
+
+
+@pytest.mark.parametrize(
+    "values, error",
+    [
+        ({"replicaCount": 3}, "replicaCount"),
+        ({"workerGroups": {"cpu": {"replicas": "two"}}}, "replicas"),
+        ({"workerGroups": {"cpu": {"maxReplica": 3}}}, "maxReplica"),
+        ({"workerGroups": {"tpu": {"enabled": True}}}, "missing properties"),
+        ({"serve": {"source": {"checkpoint": "s3://b/x"}}}, "checkpoint"),
+        ({"head": {"env": {"AWS_SECRET_ACCESS_KEY": "abc"}}}, "AWS_SECRET_ACCESS_KEY"),
+        ({"workerGroups": {"gpu": {"env": {"RAY_AUTH_TOKEN": "abc"}}}}, "RAY_AUTH_TOKEN"),
+        ({"storage": {"accessKeyId": "AKIA..."}}, "accessKeyId"),
+        ({"auth": {"enabled": "yes"}}, "enabled"),
+        ({"auth": {"token": "abc"}}, "token"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"podSecurity": {"runAsUser": 0}}, "runAsUser"),
+        ({"serve": {"source": {"run": "a", "sweep": "b"}}}, "source"),
+        ({"serve": {"routePrefix": "digits/"}}, "routePrefix"),
+        ({"networkPolicy": {"egress": {"ports": [70000]}}}, "ports"),
+        ({"networkPolicy": {"submitters": {"ci": {"podSelectr": {}}}}}, "podSelectr"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_schema_rejects(values, error):
+    import helm_python
+
+    with pytest.raises(helm_python.HelmValuesError, match=re.escape(error)):
+        render_chart(values)
+
+
+def test_schema_is_strict_at_every_typed_level():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(render_defaults(), schema)
+    for key, sub in schema["properties"].items():
+        if sub.get("type") == "object" and "properties" in sub:
+            assert sub.get("additionalProperties") is False, key
+    assert set(schema["properties"]) - {"global"} == set(render_defaults())
+
+
+def test_values_hold_no_credentials():
+    text = (CHART / "values.yaml").read_text()
+    for pattern in ("accessKey", "secretKey", "password", "AKIA", "BEGIN "):
+        assert pattern.lower() not in text.lower().replace("existingsecret", ""), pattern
+    for profile in PROFILES:
+        flat = json.dumps(profile_values(profile)).lower()
+        assert "secret_access_key" not in flat and "password" not in flat, profile
+
+
+def test_readme_values_table_matches_values_yaml():
+    assert readme_rows() == rows(), (
+        "charts/rayfleet/README.md values table is stale: run python -m tests.k8s.chart_docs"
+    )
+
+
+def test_every_value_is_documented():
+    values = render_defaults()
+    docs = {key for key, _ in documented()}
+
+    def leaves(node: Any, prefix: str = ""):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix.rstrip(".")
+
+    for leaf in leaves(values):
+        parts = leaf.split(".")
+        assert any(".".join(parts[:i]) in docs for i in range(1, len(parts) + 1)), (
+            f"values.yaml: {leaf} has no `# --` comment"
+        )
+
+
+def test_security_contexts_match_rayfleet_render(profile_objects):
+    """The chart and `rayfleet render` harden pods identically (one source of truth each,
+    compared here)."""
+    (cluster,) = by_kind(profile_objects["default"], "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert head["securityContext"] == pods.pod_security_context()
+    assert head["containers"][0]["securityContext"] == pods.container_security_context()
+    assert cluster["spec"]["autoscalerOptions"]["securityContext"] == (
+        pods.container_security_context()
+    )
+    ports = {p["name"]: p["containerPort"] for p in head["containers"][0]["ports"]}
+    assert ports == pods.RAY_PORTS
+    assert head["volumes"][0] == pods.ray_volumes("x")[0]
+    assert head["containers"][0]["volumeMounts"] == pods.ray_volume_mounts()
+
+
+def test_versions_agree():
+    """Ray version and image tags: chart, Dockerfile, render defaults and pyproject agree."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert render_defaults()["rayVersion"] == pods.RAY_VERSION
+    assert chart["annotations"]["rayfleet.io/ray-version"] == pods.RAY_VERSION
+    assert chart["appVersion"] == pods.rayfleet_version()
+    dockerfile = (CHART / "image" / "Dockerfile").read_text()
+    assert f"ARG RAY_VERSION={pods.RAY_VERSION}" in dockerfile
+    assert f"-{pods.PYTHON_TAG}" in dockerfile
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f"ray[train,tune,serve]=={pods.RAY_VERSION}" in pyproject
+    assert render_defaults()["image"]["repository"] == pods.IMAGE_REPOSITORY
+    (cluster,) = by_kind(chart_objects(render_chart()), "RayCluster")
+    images = {c["image"] for _, t in pod_templates(cluster) for c in t["spec"]["containers"]}
+    assert images == {pods.default_image(False), pods.default_image(True)}
+
+
+def test_long_release_names_fit_kuberay_limits():
+    name = "a" * 53
+    serve = {"enabled": True, "source": {"run": "digits"}}
+    objects = chart_objects(render_chart({"serve": serve}, name=name))
+    for obj in objects:
+        if obj["kind"] == "RayCluster":
+            assert len(obj["metadata"]["name"]) <= 50
+        if obj["kind"] == "RayService":
+            assert len(obj["metadata"]["name"]) <= 47
+    for obj in objects:
+        for cluster in cluster_specs(obj):
+            assert cluster["authOptions"]["mode"] == "token"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"serve": {"enabled": True}}, "serve.source: set exactly one of"),
+        ({"workerGroups": {"cpu": {"replicas": 9}}}, "workerGroups.cpu: needs minReplicas <="),
+        (
+            {
+                "serve": {
+                    "enabled": True,
+                    "source": {"run": "d"},
+                    "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
+                }
+            },
+            "serve.autoscaling: minReplicas (5) is above maxReplicas (2)",
+        ),
+    ],
+    ids=["no-source", "replicas-out-of-range", "serve-min-above-max"],
+)
+def test_inconsistent_values_fail_clearly(values, message):
+    import helm_python
+
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
+        render_chart(values)
+
+
+def test_release_name_starting_with_a_digit_fails_clearly():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmRenderError, match="must start with a lowercase letter"):
+        render_chart(name="1team")
+
+
+def test_turning_protections_off_is_visible():
+    rendered = render_chart({"auth": {"enabled": False}, "networkPolicy": {"enabled": False}})
+    notes = rendered["rayfleet/templates/NOTES.txt"]
+    assert "WARNING: Ray token auth is off" in notes
+    assert "WARNING: the NetworkPolicy is off" in notes
+    (cluster,) = by_kind(chart_objects(rendered), "RayCluster")
+    assert cluster["spec"]["authOptions"] == {"mode": "disabled"}
+
+
+def test_notes_print_the_next_commands(rendered_profiles):
+    notes = rendered_profiles["default"]["rayfleet/templates/NOTES.txt"]
+    assert "kubectl -n ml port-forward svc/team-a-rayfleet-head-svc 8265:8265" in notes
+    assert "rayfleet submit" in notes and "helm test team-a" in notes
+    assert "auth_token" in notes
+    serving = rendered_profiles["serving"]["rayfleet/templates/NOTES.txt"]
+    assert "port-forward svc/team-a-rayfleet-serve-serve-svc 8000:8000" in serving
