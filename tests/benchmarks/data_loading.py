@@ -56,8 +56,10 @@ def main() -> int:
     with loopback_s3(bucket="bench-data"):
         uri = parse_uri("s3://bench-data/datasets/bench")
         write_dataset(uri, args.rows, args.files)
+        # Two logical CPUs for the two "training" actors plus two for Ray Data's read tasks: with
+        # only 2, the actors hold both and Ray Data's reads never schedule (a deadlock we hit).
         ray.init(
-            num_cpus=2,
+            num_cpus=4,
             include_dashboard=False,
             logging_level=logging.WARNING,
             _system_config=EMBEDDED_RAY_CONFIG,
