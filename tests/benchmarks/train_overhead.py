@@ -50,11 +50,7 @@ def run_native(args) -> tuple[dict, float]:
         f"--batch-size={args.batch_size}",
         f"--hidden={args.hidden}",
     ] + (["--gpu"] if args.gpu else [])
-    started = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=True).stdout
-    wall = time.perf_counter() - started
-    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT ")), wall
+    return _timed_result(cmd)
 
 
 def run_plain(args) -> tuple[dict, float]:
@@ -67,11 +63,16 @@ def run_plain(args) -> tuple[dict, float]:
         f"--batch-size={args.batch_size}",
         f"--hidden={args.hidden}",
     ] + (["--gpu"] if args.gpu else [])
+    return _timed_result(cmd)
+
+
+def _timed_result(cmd: list[str]) -> tuple[dict, float]:
+    """Run one arm; its `RESULT {json}` line and the whole-process wall time. Ray prefixes
+    worker output reaching the driver, so the line is found anywhere in stdout/stderr."""
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=True)
     wall = time.perf_counter() - started
-    out = proc.stdout + proc.stderr  # worker stdout reaches the driver with a prefix
-    line = next(ln for ln in out.splitlines() if "RESULT {" in ln)
+    line = next(ln for ln in (proc.stdout + proc.stderr).splitlines() if "RESULT {" in ln)
     return json.loads(line.split("RESULT ", 1)[1]), wall
 
 
