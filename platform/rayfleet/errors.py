@@ -38,3 +38,15 @@ class WorkFailedError(RayfleetError):
 
 class CheckpointError(WorkFailedError):
     """A checkpoint is missing, incomplete or corrupt."""
+
+
+class ClusterError(BadInputError):
+    """A Ray cluster can't be used as given: unreachable address, missing or wrong token."""
+
+
+class JobNotFoundError(BadInputError):
+    """No job on the cluster (or record in storage) answers to the given name or id."""
+
+
+class ClusterUnreachableError(ClusterError):
+    """The cluster's dashboard did not answer (may be transient: a follower retries it)."""

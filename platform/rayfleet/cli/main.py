@@ -6,6 +6,7 @@ import typer
 
 from rayfleet.cli import (
     data_commands,
+    jobs_commands,
     render_commands,
     run_commands,
     serve_commands,
@@ -34,8 +35,11 @@ app.command()(run_commands.run)
 app.command()(render_commands.render)
 app.command()(serve_commands.serve)
 app.command()(serve_commands.predict)
+app.command()(jobs_commands.submit)
 app.add_typer(sweep_commands.app, name="sweep")
 app.add_typer(data_commands.app, name="data")
+app.add_typer(jobs_commands.app, name="jobs")
+app.add_typer(jobs_commands.contexts, name="context")
 
 
 def main() -> None:

@@ -66,7 +66,13 @@ def _training_job(
         spec_config_map=f"{name}-job",
         spec_files=tuple(src.files),
     )
-    return ray_job(layout, entrypoint=entrypoint(command, src), files=src.files, options=options)
+    return ray_job(
+        layout,
+        entrypoint=entrypoint(command, src),
+        files=src.files,
+        options=options,
+        driver=src.spec.spec.driver,
+    )
 
 
 def render_train_job(src: SpecFile, options: RenderOptions) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from rayfleet.k8s import pods
 from rayfleet.k8s.cluster import Layout, head_pdb, image_for, ray_cluster_spec
 from rayfleet.k8s.network import network_policy
 from rayfleet.k8s.options import RenderOptions
+from rayfleet.specs.base import DriverSpec
 
 SUBMITTER_CONTAINER = "ray-job-submitter"  # KubeRay's name for it
 
@@ -47,10 +48,23 @@ def submitter_template(layout: Layout, options: RenderOptions) -> dict[str, Any]
     }
 
 
+def _driver_resources(driver: DriverSpec | None) -> dict[str, float]:
+    if driver is None:
+        return {}
+    asked = {"entrypointNumCpus": driver.cpus, "entrypointNumGpus": driver.gpus}
+    return {key: value for key, value in asked.items() if value}
+
+
 def ray_job(
-    layout: Layout, *, entrypoint: str, files: dict[str, str], options: RenderOptions
+    layout: Layout,
+    *,
+    entrypoint: str,
+    files: dict[str, str],
+    options: RenderOptions,
+    driver: DriverSpec | None = None,
 ) -> list[dict[str, Any]]:
-    """ConfigMap (`layout.spec_config_map`, holding `files`), RayJob, NetworkPolicy, PDB."""
+    """ConfigMap (`layout.spec_config_map`, holding `files`), RayJob, NetworkPolicy, PDB.
+    `driver` (the spec's) becomes the entrypoint's reserved CPUs/GPUs when it asks for any."""
     name, kind = layout.name, layout.kind
     objects: list[dict[str, Any]] = []
     if layout.spec_config_map:
@@ -79,6 +93,7 @@ def ray_job(
                 "backoffLimit": options.backoff_limit,
                 "rayClusterSpec": ray_cluster_spec(layout, options),
                 "submitterPodTemplate": submitter_template(layout, options),
+                **_driver_resources(driver),
             },
         }
     )

@@ -73,6 +73,16 @@ class Metadata(SpecModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class DriverSpec(SpecModel):
+    """What the job's driver process reserves on a cluster (`rayfleet submit`'s entrypoint,
+    a RayJob's entrypointNumCpus/Gpus). The driver only coordinates: Ray Train and Tune
+    reserve the workers' CPUs and GPUs themselves (spec.scaling), so the default is none,
+    and a cluster exactly as big as the workers can run the job."""
+
+    cpus: float = Field(default=0, ge=0, description="CPUs reserved for the driver.")
+    gpus: float = Field(default=0, ge=0, description="GPUs reserved for the driver.")
+
+
 class Resource(SpecModel):
     """A Kubernetes-shaped spec: `apiVersion`, `kind`, `metadata`, `spec` (set by each kind)."""
 

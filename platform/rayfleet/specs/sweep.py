@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rayfleet.specs.base import Resource, SpecModel, UriStr, resolve_storage
+from rayfleet.specs.base import DriverSpec, Resource, SpecModel, UriStr, resolve_storage
 from rayfleet.specs.train import TrainJobSpec
 from rayfleet.storage.uri import StorageURI
 
@@ -128,6 +128,7 @@ class SweepJobSpec(SpecModel):
     max_trial_failures: int = Field(
         default=0, ge=0, description="Relaunches of an errored trial before it counts as failed."
     )
+    driver: DriverSpec = Field(default_factory=DriverSpec)
 
     @model_validator(mode="after")
     def _space_not_empty(self) -> SweepJobSpec:

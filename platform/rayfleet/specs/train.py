@@ -12,6 +12,7 @@ from rayfleet.specs.base import (
     ENTRYPOINT_RE,
     STORAGE_ENV,
     DatasetStr,
+    DriverSpec,
     Resource,
     SpecModel,
     UriStr,
@@ -111,6 +112,7 @@ class TrainJobSpec(SpecModel):
     run: RunSpec = Field(default_factory=RunSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
+    driver: DriverSpec = Field(default_factory=DriverSpec)
 
     @model_validator(mode="after")
     def _recipe_has_data(self) -> TrainJobSpec:

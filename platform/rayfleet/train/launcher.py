@@ -296,6 +296,23 @@ def fit_with_retries(job: TrainJob, make_trainer: Callable[[], Any], notify: Eve
             _wait_for_storage(job.storage_uri(), notify)
 
 
+def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler) -> EventHandler:
+    """Pass events on, and note each finished epoch in the run record as it happens, so a
+    record read mid-run (or after the driver was killed) says how far the run got."""
+
+    def handle(event: Event) -> None:
+        if event.get("type") == "epoch":
+            try:
+                record.add_epoch(fs, run_uri, epoch=event["epoch"], metrics=event["metrics"])
+            except (
+                OSError
+            ) as exc:  # storage blips must not stop training; the next epoch catches up
+                log.warning("could not update the run record: %s", exc)
+        notify(event)
+
+    return handle
+
+
 def run_train_job(
     job: TrainJob,
     *,
@@ -314,9 +331,14 @@ def run_train_job(
     run_uri = job.run_uri()
     fs = filesystem_for(run_uri)
     record.write(fs, run_uri, job, status="RUNNING")
+    resume_from, _ = newest_verified(fs, run_uri.fs_path)
+    if resume_from is not None:
+        record.note_resumed(
+            fs, run_uri, epoch=resume_from.epoch, metrics=resume_from.meta.get("metrics", {})
+        )
 
     owns_ray = ensure_ray(verbose=verbose)
-    poller = _Poller(_progress_channel(), notify)
+    poller = _Poller(_progress_channel(), _recording_epochs(fs, run_uri, notify))
     poller.start()
     try:
         attempts, error = fit_with_retries(

@@ -1,0 +1,389 @@
+"""`rayfleet submit`, `rayfleet jobs list|status|logs|stop|describe`, `rayfleet context ...`.
+
+Every `jobs` command takes a run name (its newest submission) or a submission id, and
+`--output json` prints one JSON document for scripts instead of the human view.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from rayfleet.cli.output import console, err_console, handle_errors
+from rayfleet.cli.spec_commands import SetOption
+
+AddressOption = typer.Option(
+    None, "--address", help="Ray dashboard URL (http://HEAD:8265); default: RAY_ADDRESS."
+)
+ContextOption = typer.Option(None, "--context", help="A named cluster from the config file.")
+TokenFileOption = typer.Option(
+    None, "--token-file", help="Ray auth token file; default: RAY_AUTH_TOKEN(_PATH)."
+)
+OutputOption = typer.Option("text", "--output", "-o", help="text or json.")
+
+app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop, describe.")
+contexts = typer.Typer(help="Named Ray clusters (~/.config/rayfleet/config.yaml).")
+
+
+def _target(address, context, token_file):
+    from rayfleet.jobs.target import resolve
+
+    return resolve(address, context, token_file)
+
+
+def _connect(address, context, token_file):
+    from rayfleet.jobs.cluster import connect
+
+    return connect(_target(address, context, token_file))
+
+
+def _json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=1, default=str) + "\n")
+
+
+def _check_output(output: str) -> None:
+    if output not in ("text", "json"):
+        from rayfleet.errors import BadInputError
+
+        raise BadInputError(f"--output {output!r}: use text or json")
+
+
+def _job_doc(job) -> dict[str, Any]:
+    from rayfleet.jobs.records import submission_entry
+
+    meta = job.metadata or {}
+    return {
+        **submission_entry(job),
+        "run": meta.get("rayfleet.run"),
+        "kind": meta.get("rayfleet.kind"),
+        "storage": meta.get("rayfleet.storage"),
+        "record": meta.get("rayfleet.record"),
+        "entrypoint": job.entrypoint,
+    }
+
+
+def _write_log(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@handle_errors
+def submit(
+    spec: Path = typer.Argument(..., help="TrainJob or SweepJob spec YAML file."),
+    overrides: list[str] = SetOption,
+    address: str | None = AddressOption,
+    context: str | None = ContextOption,
+    token_file: Path | None = TokenFileOption,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream the log until the end."),
+    retries: int = typer.Option(
+        0, "--retries", min=0, help="Resubmit (and resume) when the driver dies, N times."
+    ),
+    env: list[str] = typer.Option(
+        [], "--env", help="NAME=VALUE for the job's processes (repeatable)."
+    ),
+    output: str = OutputOption,
+) -> None:
+    """Submit a spec to a Ray cluster (Jobs API); the cluster runs `rayfleet run|sweep`."""
+    from rayfleet.jobs import submit as submitting
+
+    _check_output(output)
+    target = _target(address, context, token_file)
+    plan = submitting.plan(spec, overrides or [], env)
+    quiet = output == "json"
+    outcome = submitting.run(
+        plan,
+        target,
+        follow_logs=follow and not quiet,
+        retries=retries,
+        write=_write_log,
+        say=(lambda line: None)
+        if quiet
+        else (lambda line: err_console.print(line, highlight=False)),
+    )
+    if quiet:
+        _json(
+            {
+                "run": plan.name,
+                "submissions": outcome.submission_ids,
+                "status": outcome.status,
+                "record": f"{plan.record_uri}/record.json",
+            }
+        )
+        return
+    if outcome.status == "SUBMITTED":
+        console.print(
+            f"follow it: rayfleet jobs logs {plan.name} --follow --address {target.address}\n"
+            f"record: {plan.record_uri}/record.json",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"[green]{outcome.status}[/] {plan.name} after {len(outcome.submission_ids)} "
+            f"submission(s); record: {plan.record_uri}/record.json",
+            highlight=False,
+        )
+
+
+@app.command("list")
+@handle_errors
+def list_jobs(
+    address: str | None = AddressOption,
+    context: str | None = ContextOption,
+    token_file: Path | None = TokenFileOption,
+    all_jobs: bool = typer.Option(False, "--all", help="Also jobs not submitted by rayfleet."),
+    output: str = OutputOption,
+) -> None:
+    """Jobs on the cluster, newest last."""
+    _check_output(output)
+    cluster = _connect(address, context, token_file)
+    jobs = sorted(cluster.jobs(), key=lambda j: j.start_time or 0)
+    docs = [_job_doc(j) for j in jobs if all_jobs or (j.metadata or {}).get("rayfleet.run")]
+    if output == "json":
+        return _json(docs)
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("submission id", "run", "kind", "status", "submitted", "ended"):
+        table.add_column(column, no_wrap=True)
+    for d in docs:
+        table.add_row(
+            d["id"] or "-",
+            d["run"] or "-",
+            d["kind"] or "-",
+            d["status"],
+            d["submitted"] or "-",
+            d["ended"] or "-",
+        )
+    console.print(table if docs else f"no rayfleet jobs on {cluster.address}")
+
+
+@app.command()
+@handle_errors
+def status(
+    name: str = typer.Argument(..., help="Run name (newest submission) or submission id."),
+    address: str | None = AddressOption,
+    context: str | None = ContextOption,
+    token_file: Path | None = TokenFileOption,
+    output: str = OutputOption,
+) -> None:
+    """A job's status on the cluster (and the run record brought up to date)."""
+    _check_output(output)
+    cluster = _connect(address, context, token_file)
+    job = cluster.find(name)
+    doc = _job_doc(job)
+    _refresh_record(cluster, job)
+    if output == "json":
+        return _json(doc)
+    console.print(f"{doc['id']}: {doc['status']} {doc['message']}".rstrip(), highlight=False)
+
+
+@app.command()
+@handle_errors
+def logs(
+    name: str = typer.Argument(..., help="Run name (newest submission) or submission id."),
+    address: str | None = AddressOption,
+    context: str | None = ContextOption,
+    token_file: Path | None = TokenFileOption,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the end."),
+) -> None:
+    """A job's log (its driver's stdout and stderr)."""
+    from rayfleet.jobs.follow import follow as follow_log
+
+    cluster = _connect(address, context, token_file)
+    job = cluster.find(name)
+    if not follow:
+        return _write_log(cluster.logs(job.submission_id))
+    job = follow_log(cluster, job.submission_id, _write_log, err_console.print)
+    _refresh_record(cluster, job, with_logs=True)
+
+
+@app.command()
+@handle_errors
+def stop(
+    name: str = typer.Argument(..., help="Run name (newest submission) or submission id."),
+    address: str | None = AddressOption,
+    context: str | None = ContextOption,
+    token_file: Path | None = TokenFileOption,
+    wait_s: float = typer.Option(30.0, "--wait", help="Seconds to wait for it to stop."),
+) -> None:
+    """Stop a job (SIGTERM to its driver, then SIGKILL); its checkpoints stay in storage."""
+    from rayfleet.jobs.follow import TERMINAL, status_of
+
+    cluster = _connect(address, context, token_file)
+    job = cluster.find(name)
+    if status_of(job) in TERMINAL:
+        console.print(f"{job.submission_id} already {status_of(job)}", highlight=False)
+        return
+    cluster.stop(job.submission_id)
+    deadline = time.monotonic() + wait_s
+    while status_of(job) not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(1.0)
+        job = cluster.info(job.submission_id)
+    _refresh_record(cluster, job, with_logs=True)
+    console.print(f"{job.submission_id}: {status_of(job)}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def describe(
+    name: str = typer.Argument(..., help="Run (or sweep) name."),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Where the run lives; default: the job's, context's, or "
+        "RAYFLEET_STORAGE. Needs no cluster.",
+    ),
+    address: str | None = AddressOption,
+    context: str | None = ContextOption,
+    token_file: Path | None = TokenFileOption,
+    output: str = OutputOption,
+) -> None:
+    """The run record from storage: spec, submissions, status, epochs, metrics, checkpoint,
+    log tail. Works after the cluster is gone."""
+    from rayfleet.jobs.records import find
+
+    _check_output(output)
+    storage = storage or _storage_from_cluster(name, address, context, token_file)
+    uri, doc = find(name, storage)
+    if output == "json":
+        return _json(doc)
+    _print_record(uri, doc)
+
+
+def _storage_from_cluster(name, address, context, token_file) -> str:
+    """Without --storage: the context's storage, the job's metadata, or RAYFLEET_STORAGE."""
+    import os
+
+    from rayfleet.errors import BadInputError
+    from rayfleet.specs.base import resolve_storage
+
+    if address or context or os.environ.get("RAY_ADDRESS"):
+        target = _target(address, context, token_file)
+        if target.storage:
+            return target.storage
+        from rayfleet.jobs.cluster import connect
+
+        job = connect(target).find(name)
+        if found := (job.metadata or {}).get("rayfleet.storage"):
+            return found
+    if os.environ.get("RAYFLEET_STORAGE"):
+        return str(resolve_storage(None))
+    raise BadInputError(
+        f"where is run {name}? pass --storage s3://bucket/prefix (the spec's storage), set "
+        "RAYFLEET_STORAGE, or --address of the cluster that ran it"
+    )
+
+
+def _refresh_record(cluster, job, *, with_logs: bool = False) -> None:
+    """`jobs` commands keep the run record current with what the cluster says."""
+    from rayfleet.jobs.records import note_submission
+    from rayfleet.specs import parse_spec
+    from rayfleet.storage.uri import parse_uri
+    from rayfleet.train import record
+
+    meta = job.metadata or {}
+    if not meta.get("rayfleet.record"):
+        return
+    uri = parse_uri(meta["rayfleet.record"])
+    try:
+        from rayfleet.storage.filesystem import filesystem_for
+
+        doc = record.read(filesystem_for(uri), uri)
+        if not doc or "spec" not in doc:
+            return
+        spec = parse_spec(doc["spec"], source=str(uri))
+        tail = cluster.logs(job.submission_id) if with_logs else None
+        note_submission(uri, spec, address=cluster.address, job=job, log_tail=tail)
+    except Exception as exc:  # noqa: BLE001 - showing the status matters more than the record
+        err_console.print(f"[yellow]could not update {uri}/record.json: {exc}[/]")
+
+
+def _print_record(uri, doc: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{doc.get('name')}[/] ({doc.get('kind')}): {doc.get('status')}  "
+        f"launches: {doc.get('launches', 0)}  retries: {doc.get('retries', 0)}",
+        highlight=False,
+    )
+    console.print(f"record: {uri}/record.json", highlight=False)
+    for key in ("cluster", "started", "finished", "error"):
+        if doc.get(key):
+            console.print(f"  {key}: {doc[key]}", highlight=False)
+    for sub in doc.get("submissions", []):
+        console.print(
+            f"  submission {sub['id']}: {sub['status']} {sub.get('submitted') or ''} -> "
+            f"{sub.get('ended') or ''} exit={sub.get('exitCode')}",
+            highlight=False,
+        )
+    epochs = [e["epoch"] for e in doc.get("epochs", [])]
+    if epochs:
+        repeated = sorted({e for e in epochs if epochs.count(e) > 1})
+        console.print(
+            f"  epochs trained: {len(epochs)} (0..{max(epochs)})"
+            + (f", repeated: {repeated}" if repeated else ", none repeated"),
+            highlight=False,
+        )
+    result = doc.get("result") or {}
+    for key, value in (result.get("metrics") or {}).items():
+        console.print(f"  {key}: {value}", highlight=False)
+    if result.get("checkpoint_uri"):
+        console.print(f"  checkpoint: {result['checkpoint_uri']}", highlight=False)
+    if tail := doc.get("logTail"):
+        console.print("  log tail:", highlight=False)
+        for line in tail[-10:]:
+            console.print(f"    {line}", highlight=False, markup=False)
+
+
+@contexts.command("add")
+@handle_errors
+def context_add(
+    name: str = typer.Argument(...),
+    address: str = typer.Option(..., "--address", help="Ray dashboard URL."),
+    token_file: Path | None = typer.Option(None, "--token-file"),
+    storage: str | None = typer.Option(None, "--storage", help="Default storage for describe."),
+    use: bool = typer.Option(False, "--use", help="Make it the current context."),
+) -> None:
+    """Add (or replace) a named cluster."""
+    from rayfleet.jobs.target import load_config, normalize_address, save_config
+
+    doc = load_config()
+    entry = {"address": normalize_address(address, "--address")}
+    if token_file:
+        entry["tokenFile"] = str(token_file.expanduser().resolve())
+    if storage:
+        entry["storage"] = storage
+    doc["contexts"][name] = entry
+    if use or not doc.get("currentContext"):
+        doc["currentContext"] = name
+    console.print(f"context {name} -> {entry['address']} ({save_config(doc)})", highlight=False)
+
+
+@contexts.command("use")
+@handle_errors
+def context_use(name: str = typer.Argument(...)) -> None:
+    """Make a context the default for submit and jobs."""
+    from rayfleet.errors import BadInputError
+    from rayfleet.jobs.target import config_path, load_config, save_config
+
+    doc = load_config()
+    if name not in doc["contexts"]:
+        raise BadInputError(f"no context {name!r} in {config_path()}; add it first")
+    doc["currentContext"] = name
+    save_config(doc)
+    console.print(f"current context: {name}", highlight=False)
+
+
+@contexts.command("list")
+@handle_errors
+def context_list() -> None:
+    """Named clusters; * marks the current one."""
+    from rayfleet.jobs.target import load_config
+
+    doc = load_config()
+    for name, entry in doc["contexts"].items():
+        mark = "*" if name == doc.get("currentContext") else " "
+        console.print(f"{mark} {name}: {entry.get('address')}", highlight=False)

@@ -1,0 +1,111 @@
+"""A real Ray head for tests: `ray start --head --block` on 127.0.0.1, token auth on.
+
+It runs in its own session and temp dir, so stopping it ends exactly the processes it started
+(never `ray stop`, which would end every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RayHead:
+    def __init__(self, env: dict[str, str], num_cpus: int = 2):
+        self.token = secrets.token_hex(24)
+        self.temp_dir = tempfile.mkdtemp(prefix="rf-head-", dir="/tmp")
+        self.dashboard_port = free_port()
+        self.gcs_port = free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = {
+            **env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # The entrypoint's `python` must be this interpreter (the venv with rayfleet's deps).
+            "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0) -> RayHead:
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(self.gcs_port),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--num-cpus",
+                "2",
+                "--temp-dir",
+                self.temp_dir,
+                "--disable-usage-stats",
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        headers = {"Authorization": f"Bearer {self.token}"}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {self.read_log()[-2000:]}")
+            try:
+                if httpx.get(f"{self.address}/api/jobs/", headers=headers, timeout=2).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"Ray head not up in {timeout_s} s: {self.read_log()[-2000:]}")
+
+    def read_log(self) -> str:
+        return (Path(self.temp_dir) / "ray-start.log").read_text()
+
+    def stop(self) -> None:
+        """SIGTERM to `ray start --block` (it stops what it started), SIGKILL to its session
+        if it lingers, then end any process still naming this head's temp dir."""
+        import psutil
+
+        if self.proc is not None and self.proc.poll() is None:
+            # Ray drains a node for up to 30 s on SIGTERM; a test head has nothing to drain.
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(self.temp_dir in part for part in proc.info["cmdline"] or []):
+                    proc.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        self.log.close()
