@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,7 +74,7 @@ class RayHead:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = self.headers
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited: {self.read_log()[-2000:]}")
@@ -85,6 +86,10 @@ class RayHead:
             time.sleep(1)
         self.stop()
         raise RuntimeError(f"Ray head not up in {timeout_s} s: {self.read_log()[-2000:]}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def read_log(self) -> str:
         return (Path(self.temp_dir) / "ray-start.log").read_text()
@@ -109,3 +114,4 @@ class RayHead:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -285,6 +285,63 @@ def test_follow_reattaches_after_a_dropped_connection_and_big_folders_go_through
     assert [f.base_name for f in found if f.base_name.endswith(".zip")], "no bundle in storage"
 
 
+def test_submit_without_follow_then_stop_keeps_the_record_current(head, user_env):
+    name = "cluster-stopped"
+    args = ["--address", head.address]
+    proc = cli(
+        [
+            "submit",
+            str(REPO / "jobs/custom/train.yaml"),
+            *args,
+            f"--set=metadata.name={name}",
+            "--set=spec.run.epochs=50",
+        ],
+        user_env,
+        token=head.token,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"rayfleet jobs logs {name} --follow" in proc.stdout
+    again = cli(
+        ["submit", str(REPO / "jobs/custom/train.yaml"), *args, f"--set=metadata.name={name}"],
+        user_env,
+        token=head.token,
+    )
+    assert again.returncode == 2 and "already" in again.stderr, again.stderr  # not twice
+    deadline = time.monotonic() + 120
+    while not (record_of("runs", name) or {}).get("epochs") and time.monotonic() < deadline:
+        time.sleep(1)
+    out = cli(["jobs", "stop", name, *args, "-o", "json"], user_env, token=head.token)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "STOPPED"
+    doc = record_of("runs", name)
+    assert doc["status"] == "STOPPED" and doc["submissions"][-1]["status"] == "STOPPED"
+    assert doc["epochs"] and doc["logTail"]
+
+
+@pytest.mark.slow
+def test_submit_a_sweep(head, user_env):
+    """A SweepJob through the same path (opt-in: a sweep takes minutes on 2 CPUs)."""
+    proc = cli(
+        [
+            "submit",
+            str(REPO / "jobs/digits/sweep.yaml"),
+            "--address",
+            head.address,
+            "--follow",
+            "--set=metadata.name=cluster-sweep",
+            "--set=spec.numSamples=2",
+            "--set=spec.trainJob.overrides={run.epochs: 2, scaling.numWorkers: 1}",
+        ],
+        user_env,
+        token=head.token,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "best: trial" in proc.stdout
+    doc = record_of("sweeps", "cluster-sweep")
+    assert doc["status"] == "SUCCEEDED" and doc["kind"] == "SweepJob"
+
+
 class _Silent:
     """A TCP port that accepts connections and never answers (a black-holed address)."""
 

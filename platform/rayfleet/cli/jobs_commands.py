@@ -190,12 +190,16 @@ def logs(
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the end."),
+    output: str = OutputOption,
 ) -> None:
     """A job's log (its driver's stdout and stderr)."""
     from rayfleet.jobs.follow import follow as follow_log
 
+    _check_output(output)
     cluster = _connect(address, context, token_file)
     job = cluster.find(name)
+    if output == "json":
+        return _json({"id": job.submission_id, "logs": cluster.logs(job.submission_id)})
     if not follow:
         return _write_log(cluster.logs(job.submission_id))
     job = follow_log(cluster, job.submission_id, _write_log, err_console.print)
@@ -210,21 +214,23 @@ def stop(
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
     wait_s: float = typer.Option(30.0, "--wait", help="Seconds to wait for it to stop."),
+    output: str = OutputOption,
 ) -> None:
     """Stop a job (SIGTERM to its driver, then SIGKILL); its checkpoints stay in storage."""
     from rayfleet.jobs.follow import TERMINAL, status_of
 
+    _check_output(output)
     cluster = _connect(address, context, token_file)
     job = cluster.find(name)
-    if status_of(job) in TERMINAL:
-        console.print(f"{job.submission_id} already {status_of(job)}", highlight=False)
-        return
-    cluster.stop(job.submission_id)
-    deadline = time.monotonic() + wait_s
-    while status_of(job) not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(1.0)
-        job = cluster.info(job.submission_id)
-    _refresh_record(cluster, job, with_logs=True)
+    if status_of(job) not in TERMINAL:
+        cluster.stop(job.submission_id)
+        deadline = time.monotonic() + wait_s
+        while status_of(job) not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(1.0)
+            job = cluster.info(job.submission_id)
+        _refresh_record(cluster, job, with_logs=True)
+    if output == "json":
+        return _json(_job_doc(job))
     console.print(f"{job.submission_id}: {status_of(job)}", highlight=False)
 
 

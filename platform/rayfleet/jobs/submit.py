@@ -158,7 +158,7 @@ def submit_once(cluster: Cluster, plan_: Plan, *, attempt: int, say=lambda line:
     _when_agent_ready(
         cluster,
         cluster.client.submit_job,
-        entrypoint=plan_.entrypoint(resume=attempt > 1),
+        entrypoint=plan_.entrypoint(resume=attempt > 1 and _sweep_state_exists(plan_)),
         submission_id=sid,
         runtime_env=runtime.runtime_env,
         metadata={
@@ -173,6 +173,19 @@ def submit_once(cluster: Cluster, plan_: Plan, *, attempt: int, say=lambda line:
         entrypoint_num_gpus=plan_.spec.spec.driver.gpus,
     )
     return sid
+
+
+def _sweep_state_exists(plan_: Plan) -> bool:
+    """A resubmitted sweep resumes its Tune experiment, if the dead driver saved one."""
+    if not isinstance(plan_.spec, SweepJob):
+        return False
+    from ray import tune
+
+    from rayfleet.storage.filesystem import filesystem_for
+
+    return tune.Tuner.can_restore(
+        plan_.record_uri.fs_path, storage_filesystem=filesystem_for(plan_.record_uri)
+    )
 
 
 def _when_agent_ready(cluster: Cluster, fn, **kwargs) -> None:

@@ -10,6 +10,15 @@ dicts, so it is tested by rendering and schema validation, never against a live 
     rayjob    a RayJob running one rayfleet command, its spec ConfigMap and NetworkPolicy
     kinds     one renderer per spec kind; `RENDERERS` maps kind -> renderer
     render    load a spec file, pick its renderer, write deterministic multi-document YAML
+
+The ModelDeployment operator and the kubectl plugin (issue 7):
+
+    crd          the modeldeployments.rayfleet.io CRD generated from the spec models
+    serveconfig  read and edit a RayService's serveConfigV2 string (one num_replicas, in place)
+    reconcile    ModelDeployment -> owned RayService/NetworkPolicy/PDB, patches, status (pure)
+    client       the thin adapter to the Kubernetes API (the only module that calls it)
+    operator     kopf handlers: `python -m rayfleet.k8s.operator --namespace NS`
+    plugin       `kubectl rayfleet status|scale` (console script kubectl-rayfleet)
 """
 
 from __future__ import annotations

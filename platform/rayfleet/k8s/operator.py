@@ -1,0 +1,231 @@
+"""The rayfleet operator: each ModelDeployment reconciled onto an owned KubeRay RayService.
+
+    python -m rayfleet.k8s.operator --namespace ml          # one namespace (a Role is enough)
+    python -m rayfleet.k8s.operator --all-namespaces        # cluster-wide (a ClusterRole)
+
+Built on kopf; the handlers only move data between the API server and the pure functions in
+`reconcile` (what to create or patch, what the status says):
+
+- a ModelDeployment is created, resumed (operator start) or changed (`kubectl apply`,
+  `kubectl scale`, HPA) -> its RayService, NetworkPolicy and head PodDisruptionBudget are
+  created or merge-patched (guarded by resourceVersion), then its status is written;
+- a RayService it owns changes (KubeRay writes its status) -> the owner's status follows;
+  one that was deleted by hand is recreated.
+
+Deletion needs no handler: the owned objects carry an ownerReference, so Kubernetes' garbage
+collector removes them, and no finalizer can leave a ModelDeployment stuck when the operator
+is gone. kopf runs standalone (no peering objects) with resource scanning off (no watch on
+CRDs or namespaces) and keeps its bookkeeping in `operator.rayfleet.io/*` annotations, so the
+RBAC it needs is just: modeldeployments get/list/watch/patch (+ status patch), rayservices
+get/list/watch/create/patch, networkpolicies and poddisruptionbudgets get/create/patch,
+events create. Run one replica: without peering, two would both write.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import kopf
+
+from rayfleet.errors import BadInputError
+from rayfleet.k8s import crd, reconcile
+from rayfleet.k8s.client import Cluster, ConflictError
+from rayfleet.k8s.options import RenderOptions
+
+ANNOTATION_PREFIX = "operator.rayfleet.io"
+RAY_SERVICES = ("ray.io", "v1", "rayservices")
+MODEL_DEPLOYMENTS = (crd.GROUP, crd.VERSION, crd.PLURAL)
+
+log = logging.getLogger("rayfleet.operator")
+
+
+class _State:
+    """What the entrypoint configures before kopf starts: render options and the client."""
+
+    options = RenderOptions()
+    cluster: Cluster | None = None
+
+    @classmethod
+    def client(cls) -> Cluster:
+        if cls.cluster is None:
+            cls.cluster = Cluster()
+        return cls.cluster
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf settings for least privilege: no peering, no CRD/namespace scanning, bookkeeping
+    in annotations (a structural schema would prune kopf's default `status.kopf`)."""
+    settings.peering.standalone = True
+    settings.scanning.disabled = True
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+
+
+@kopf.on.startup()
+def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure(settings)
+
+
+def _post(md: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the ModelDeployment (kopf queues and posts it)."""
+    post = kopf.warn if type_ == "Warning" else kopf.info
+    post(md, reason=reason, message=message[:1000])
+
+
+def _write_status(md: dict[str, Any], new: dict[str, Any]) -> None:
+    patch = reconcile.status_patch(md, new)
+    if patch is not None:
+        meta = md["metadata"]
+        _State.client().patch(crd.KIND, meta["namespace"], meta["name"], patch, status=True)
+
+
+def reconcile_one(md: dict[str, Any]) -> dict[str, Any] | None:
+    """Bring one ModelDeployment's objects to its spec and write its status. Returns the
+    RayService as last seen. kopf.PermanentError for a spec or name that can't work (retried
+    on the next change), kopf.TemporaryError for a write that raced another one."""
+    cluster = _State.client()
+    meta = md["metadata"]
+    namespace = meta["namespace"]
+    try:
+        desired = reconcile.desired_objects(md, _State.options)
+    except BadInputError as exc:
+        _write_status(md, reconcile.status(md, None, error=str(exc), reason="InvalidSpec"))
+        _post(md, "Warning", "InvalidSpec", str(exc))
+        raise kopf.PermanentError(str(exc)) from None
+    live = {
+        (o["kind"], o["metadata"]["name"]): cluster.get(o["kind"], namespace, o["metadata"]["name"])
+        for o in desired
+    }
+    ray_service = live.get(("RayService", meta["name"]))
+    for action in reconcile.plan(md, desired, live):
+        if action.verb == "conflict":
+            message = (
+                f"{action.kind} {namespace}/{action.name} exists and is not owned by this "
+                "ModelDeployment; delete it (or rename the ModelDeployment)"
+            )
+            _write_status(md, reconcile.status(md, None, error=message, reason="NameConflict"))
+            _post(md, "Warning", "NameConflict", message)
+            raise kopf.PermanentError(message)
+        try:
+            if action.verb == "create":
+                out = cluster.create(action.kind, namespace, action.body)
+            else:
+                out = cluster.patch(action.kind, namespace, action.name, action.body)
+        except ConflictError as exc:
+            raise kopf.TemporaryError(str(exc), delay=2) from None
+        if action.kind == "RayService":
+            ray_service = out
+        what = _describe(action)
+        log.info("%s/%s: %s", namespace, meta["name"], what)
+        _post(md, "Normal", "Created" if action.verb == "create" else "Updated", what)
+    _write_status(md, reconcile.status(md, ray_service))
+    return ray_service
+
+
+def _describe(action: reconcile.Action) -> str:
+    if action.verb == "patch" and action.kind == "RayService":
+        changed = sorted((action.body or {}).get("spec", {}))
+        return f"patched RayService/{action.name} ({', '.join(changed) or 'metadata'})"
+    return action.describe()
+
+
+@kopf.on.resume(*MODEL_DEPLOYMENTS)
+@kopf.on.create(*MODEL_DEPLOYMENTS)
+@kopf.on.update(*MODEL_DEPLOYMENTS)
+def model_deployment_changed(body: kopf.Body, **_: Any) -> None:
+    reconcile_one(_plain(body))
+
+
+@kopf.on.event(*RAY_SERVICES, labels={reconcile.OWNER_LABEL: kopf.PRESENT})
+def ray_service_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """KubeRay updated (or someone deleted) a RayService we own: refresh the owner."""
+    service = _plain(body)
+    owner = reconcile.owner_of(service)
+    namespace = service["metadata"].get("namespace")
+    if owner is None or namespace is None:
+        return
+    md = _State.client().get(crd.KIND, namespace, owner)
+    if md is None or md["metadata"].get("deletionTimestamp"):
+        return  # the garbage collector is taking the rest
+    if event.get("type") == "DELETED":
+        reconcile_one(md)
+        return
+    try:
+        new = reconcile.status(md, service)
+    except BadInputError:
+        return  # the owner's spec is invalid; its own handler reports that
+    _write_status(md, new)
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    """kopf's read-only body as a plain, deep dict."""
+    import json
+
+    return json.loads(json.dumps(dict(body), default=dict))
+
+
+# ------------------------------------------------------------------------------ entrypoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m rayfleet.k8s.operator",
+        description="Reconcile rayfleet ModelDeployments onto KubeRay RayServices.",
+    )
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-n", "--namespace", action="append", help="namespace to watch (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    parser.add_argument(
+        "--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    d = RenderOptions()
+    parser.add_argument("--image", help="Ray image of the RayServices; default: rayfleet's own")
+    parser.add_argument("--service-account", default=d.service_account)
+    parser.add_argument("--storage-config", default=d.storage_config)
+    parser.add_argument("--credentials-secret")
+    parser.add_argument("--auth-secret")
+    parser.add_argument("--kuberay-namespace", default=d.operator_namespace)
+    parser.add_argument("--egress-port", type=int, action="append")
+    parser.add_argument("--head-cpu", default=d.head_cpu)
+    parser.add_argument("--head-memory", default=d.head_memory)
+    parser.add_argument("--worker-memory", default=d.worker_memory)
+    parser.add_argument("--shm-size", default=d.shm_size)
+    args = parser.parse_args(argv)
+    try:
+        _State.options = RenderOptions(
+            image=args.image,
+            service_account=args.service_account,
+            storage_config=args.storage_config,
+            credentials_secret=args.credentials_secret,
+            auth_secret=args.auth_secret,
+            operator_namespace=args.kuberay_namespace,
+            egress_ports=tuple(args.egress_port) if args.egress_port else d.egress_ports,
+            head_cpu=args.head_cpu,
+            head_memory=args.head_memory,
+            worker_memory=args.worker_memory,
+            shm_size=args.shm_size,
+        )
+    except BadInputError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    kopf.run(
+        standalone=True,
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

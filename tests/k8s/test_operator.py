@@ -1,0 +1,281 @@
+"""The kopf operator: it imports and registers without an API server, and its handlers drive
+an in-memory API (tests/k8s/fake_api.py) through create -> scale -> status, errors included.
+The chart's RBAC for it is exactly the calls it makes."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+
+from rayfleet.k8s import crd, reconcile
+from rayfleet.k8s import operator as op
+from rayfleet.k8s.serveconfig import targets
+from tests.k8s.conftest import chart_objects, render_chart
+from tests.k8s.fake_api import FakeCluster
+from tests.k8s.objects import by_kind, load_docs
+from tests.k8s.schemas import REPO
+
+pytestmark = pytest.mark.k8s
+
+
+@pytest.fixture
+def api(monkeypatch) -> FakeCluster:
+    fake = FakeCluster("ml")
+    monkeypatch.setattr(op._State, "cluster", fake)
+    events: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(
+        op, "_post", lambda md, t, reason, message: events.append((t, reason, message))
+    )
+    fake.events = events  # type: ignore[attr-defined]
+    return fake
+
+
+def applied(api: FakeCluster, **spec: Any) -> dict[str, Any]:
+    doc = yaml.safe_load((REPO / "jobs/digits/serve.yaml").read_text())
+    doc["spec"].update(spec)
+    return api.put(doc)
+
+
+def kuberay_observes(api: FakeCluster, deployment_status: str = "HEALTHY") -> dict[str, Any]:
+    """What KubeRay does after a write: observe the generation, report Serve's status."""
+    service = api.objects[("RayService", "ml", "digits")]
+    service["status"] = {
+        "observedGeneration": service["metadata"]["generation"],
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "NonZeroServeEndpoints",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],  # fmt: skip
+        "activeServiceStatus": {
+            "applicationStatuses": {
+                "digits": {
+                    "status": "RUNNING",
+                    "serveDeploymentStatuses": {"ModelServer": {"status": deployment_status}},
+                }
+            }
+        },
+    }
+    return copy.deepcopy(service)
+
+
+def md_status(api: FakeCluster) -> dict[str, Any]:
+    return api.objects[("ModelDeployment", "ml", "digits")].get("status") or {}
+
+
+def test_importing_registers_the_handlers_without_an_api_server(monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent")
+    registry = kopf.get_default_registry()
+    changing = registry._changing.get_all_handlers()
+    ours = [h for h in changing if h.fn is op.model_deployment_changed]
+    assert {h.reason for h in ours} == {None, "create", "update"}  # None: resume
+    for h in ours:
+        assert (h.selector.group, h.selector.version) == (crd.GROUP, crd.VERSION)
+        assert h.selector.any_name == crd.PLURAL
+        assert not h.requires_finalizer  # deletion goes through owner references
+    (watch,) = [h for h in registry._watching.get_all_handlers() if h.fn is op.ray_service_changed]
+    assert (watch.selector.group, watch.selector.any_name) == ("ray.io", "rayservices")
+    assert watch.labels == {reconcile.OWNER_LABEL: kopf.PRESENT}
+    assert not registry._spawning.get_all_handlers()  # no timers/daemons: they add finalizers
+
+
+def test_settings_need_no_peering_and_no_scanning():
+    settings = kopf.OperatorSettings()
+    op.configure(settings)
+    assert settings.peering.standalone is True
+    assert settings.scanning.disabled is True
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+
+
+def test_create_then_scale_then_status(api):
+    md = applied(api)
+    op.reconcile_one(md)
+    creates = [(c[1], c[2]) for c in api.writes() if c[0] == "create"]
+    assert creates == [
+        ("RayService", "digits"),
+        ("NetworkPolicy", "digits"),
+        ("PodDisruptionBudget", "digits-head"),
+    ]
+    ready = md_status(api)["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "Initializing")
+    service = kuberay_observes(api)
+    op.ray_service_changed(event={"type": "MODIFIED"}, body=service)
+    assert (md_status(api)["replicas"], md_status(api)["readyReplicas"]) == (1, 1)
+
+    # kubectl scale modeldeployment/digits --replicas=3: the scale subresource sets .spec.replicas
+    api.calls.clear()
+    api.patch("ModelDeployment", "ml", "digits", {"spec": {"replicas": 3}})
+    op.reconcile_one(api.get("ModelDeployment", "ml", "digits"))
+    patches = [c for c in api.writes() if c[0] == "patch" and c[1] != "ModelDeployment"]
+    (patch,) = patches
+    assert patch[1:3] == ("RayService", "digits")
+    assert set(patch[3]["spec"]) == {"serveConfigV2"}
+    live = api.objects[("RayService", "ml", "digits")]
+    assert [t.replicas for t in targets(live["spec"]["serveConfigV2"])] == [3]
+    assert ("Normal", "Updated", "patched RayService/digits (serveConfigV2)") in api.events
+
+    service = kuberay_observes(api, "UPSCALING")
+    op.ray_service_changed(event={"type": "MODIFIED"}, body=service)
+    assert (md_status(api)["replicas"], md_status(api)["readyReplicas"]) == (3, 1)
+    service = kuberay_observes(api, "HEALTHY")
+    op.ray_service_changed(event={"type": "MODIFIED"}, body=service)
+    assert (md_status(api)["replicas"], md_status(api)["readyReplicas"]) == (3, 3)
+    assert md_status(api)["observedGeneration"] == 2
+
+    # Nothing changed: nothing is written.
+    api.calls.clear()
+    op.reconcile_one(api.get("ModelDeployment", "ml", "digits"))
+    op.ray_service_changed(event={"type": "MODIFIED"}, body=service)
+    assert api.writes() == []
+
+
+def test_a_deleted_rayservice_is_recreated(api):
+    op.reconcile_one(applied(api))
+    service = api.objects.pop(("RayService", "ml", "digits"))
+    op.ray_service_changed(event={"type": "DELETED"}, body=service)
+    assert ("RayService", "ml", "digits") in api.objects
+
+
+def test_an_invalid_spec_is_reported_not_retried(api):
+    md = applied(api, autoscaling={"maxReplicas": 3})  # and replicas: 1
+    with pytest.raises(kopf.PermanentError, match="set replicas or autoscaling, not both"):
+        op.reconcile_one(md)
+    ready = md_status(api)["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert api.events[0][:2] == ("Warning", "InvalidSpec")
+    assert not [c for c in api.writes() if c[0] == "create"]
+
+
+def test_a_foreign_rayservice_of_the_same_name_is_left_alone(api):
+    overlay = (REPO / "manifests/overlays/digits-serve/rayservice.yaml").read_text()
+    (foreign,) = by_kind(load_docs(overlay), "RayService")
+    api.put(foreign)
+    before = copy.deepcopy(api.objects[("RayService", "ml", "digits")])
+    with pytest.raises(kopf.PermanentError, match="not owned by this ModelDeployment"):
+        op.reconcile_one(applied(api))
+    assert api.objects[("RayService", "ml", "digits")] == before
+    assert md_status(api)["conditions"][0]["reason"] == "NameConflict"
+
+
+def test_a_raced_write_is_retried(api, monkeypatch):
+    op.reconcile_one(applied(api))
+    api.patch("ModelDeployment", "ml", "digits", {"spec": {"replicas": 2}})
+    md = api.get("ModelDeployment", "ml", "digits")
+    real_get = api.get
+
+    def stale_get(kind, namespace, name):  # the RayService changes between read and patch
+        obj = real_get(kind, namespace, name)
+        if kind == "RayService":
+            api.patch(kind, namespace, name, {"metadata": {"labels": {"x": "y"}}})
+        return obj
+
+    monkeypatch.setattr(api, "get", stale_get)
+    with pytest.raises(kopf.TemporaryError):
+        op.reconcile_one(md)
+
+
+def test_entrypoint_refuses_bad_options_with_one_line(capsys):
+    assert op.main(["--namespace", "ml", "--egress-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: egress port 0 is not a TCP port (1-65535)"
+    with pytest.raises(SystemExit) as exit_:
+        op.main([])  # a scope is required
+    assert exit_.value.code == 2
+
+
+# ----------------------------------------------------------------------- the chart's RBAC
+
+
+def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def test_chart_rbac_is_exactly_what_the_operator_uses(api):
+    # Every call the handlers made through the client, as RBAC (group, resource) -> verbs.
+    md = applied(api)
+    op.reconcile_one(md)
+    op.ray_service_changed(event={"type": "MODIFIED"}, body=kuberay_observes(api))
+    api.patch("ModelDeployment", "ml", "digits", {"spec": {"replicas": 2, "cpusPerReplica": 2}})
+    op.reconcile_one(api.get("ModelDeployment", "ml", "digits"))
+    for key in (("NetworkPolicy", "ml", "digits"), ("PodDisruptionBudget", "ml", "digits-head")):
+        del api.objects[key]["metadata"]["labels"][reconcile.OWNER_LABEL]  # edited by hand
+    op.reconcile_one(api.get("ModelDeployment", "ml", "digits"))
+    groups = {
+        "ModelDeployment": ("rayfleet.io", "modeldeployments"),
+        "RayService": ("ray.io", "rayservices"),
+        "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
+        "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
+    }
+    used: dict[tuple[str, str], set[str]] = {}
+    for verb, kind, _, _ in api.calls:
+        group, resource = groups[kind]
+        if verb == "patch/status":
+            resource, verb = f"{resource}/status", "patch"
+        used.setdefault((group, resource), set()).add(verb)
+    # ... plus what kopf itself does: watch (list + watch) the two kinds it handles, patch its
+    # bookkeeping annotations on ModelDeployments, and post events.
+    used[("rayfleet.io", "modeldeployments")] |= {"list", "watch", "patch"}
+    used[("ray.io", "rayservices")] |= {"list", "watch"}
+    used[("", "events")] = {"create"}
+    for cluster_wide in (False, True):
+        values = {"operator": {"enabled": True, "clusterWide": cluster_wide}}
+        objects = chart_objects(render_chart(values))
+        (role,) = by_kind(objects, "ClusterRole" if cluster_wide else "Role")
+        assert _rules(role) == used
+        (binding,) = by_kind(objects, "ClusterRoleBinding" if cluster_wide else "RoleBinding")
+        (deployment,) = by_kind(objects, "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+        command = pod["containers"][0]["command"]
+        assert command[:3] == ["python", "-m", "rayfleet.k8s.operator"]
+        assert ("--all-namespaces" in command) is cluster_wide
+        assert ("--namespace=ml" in command) is not cluster_wide
+
+
+def test_chart_operator_pod_is_hardened_and_its_flags_parse():
+    objects = chart_objects(
+        render_chart({"operator": {"enabled": True}, "storage": {"bucket": "models"}})
+    )
+    (deployment,) = by_kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    ctx = container["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert deployment["spec"]["replicas"] == 1
+    (config_map,) = [
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-storage")
+    ]
+    assert f"--storage-config={config_map['metadata']['name']}" in container["command"]
+    assert config_map["data"]["RAYFLEET_STORAGE"] == "s3://models/rayfleet"
+    # The flags the chart passes are ones the entrypoint accepts (parsed, kopf not started).
+    import argparse
+
+    seen = {}
+    real = argparse.ArgumentParser.parse_args
+
+    def capture(self, argv=None, namespace=None):
+        seen["args"] = real(self, argv, namespace)
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            op.main(container["command"][3:])
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    assert seen["args"].namespace == ["ml"] and seen["args"].egress_port == [443, 6443]
