@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import copy
 import os
-import threading
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from rayfleet.k8s import reconcile
 
 from ..conftest import REPO
 from ..unit.test_serve_loading import write_checkpoint
+from .load import BoundedLoad
 from .ray_head import RayHead, free_port
 
 pytestmark = pytest.mark.integration
@@ -96,43 +96,6 @@ def _wait_for(head: RayHead, running: int, timeout_s: float = 120) -> float:
     raise AssertionError(f"not {running} RUNNING replicas after {timeout_s}s: {last}")
 
 
-class Load:
-    """A bounded client loop: `threads` clients, one request after another, no retries."""
-
-    def __init__(self, url: str, threads: int = 2, max_s: float = 150):
-        self.url, self.ok, self.failed, self.errors = url, 0, 0, []
-        self._stop, self._lock = threading.Event(), threading.Lock()
-        self._deadline = time.monotonic() + max_s
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set() and time.monotonic() < self._deadline:
-                try:
-                    r = client.post(self.url, json=BODY)
-                    error = (
-                        None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:200]}"
-                    )
-                except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                with self._lock:
-                    if error is None:
-                        self.ok += 1
-                    else:
-                        self.failed += 1
-                        self.errors.append(error)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(40)
-
-
 def test_replicas_follow_the_spec_1_3_1_in_place_with_no_failed_requests(
     head, model_deployment, record_property, capsys
 ):
@@ -141,12 +104,13 @@ def test_replicas_follow_the_spec_1_3_1_in_place_with_no_failed_requests(
     live["metadata"].update(resourceVersion="1", uid="uid-rayservice", generation=1)
     _put(head, live)
     first = _wait_for(head, 1, timeout_s=180)
-    url = f"http://127.0.0.1:{head.serve_port}/v2/models/{MODEL}/infer"
-    assert httpx.post(url, json=BODY, timeout=30).status_code == 200
+    url = f"http://127.0.0.1:{head.serve_port}"
+    assert httpx.post(f"{url}/v2/models/{MODEL}/infer", json=BODY, timeout=30).status_code == 200
 
     observed = [1]
     steps = []
-    with Load(url) as load:
+    # No client retries: Serve alone must not drop a request while it scales.
+    with BoundedLoad(url, MODEL, BODY, retries=0, max_s=150) as load:
         time.sleep(1.0)
         for replicas in (3, 1):
             md = copy.deepcopy(model_deployment)

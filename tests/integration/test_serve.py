@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,8 +24,6 @@ import pytest
 import torch
 import yaml
 
-from rayfleet.errors import RayfleetError
-from rayfleet.serve.client import PredictClient
 from rayfleet.serve.evaluate import evaluate_served, read_split
 from rayfleet.specs import load_spec
 from rayfleet.storage.checkpoints import download_verified
@@ -37,6 +34,7 @@ from rayfleet.train.recipes.digits import build_model
 
 from ..conftest import BUCKET, REPO
 from ..unit.test_serve_protocol import BAD
+from .load import BoundedLoad
 
 pytestmark = pytest.mark.integration
 TRAIN = REPO / "jobs" / "digits" / "train.yaml"
@@ -218,52 +216,9 @@ def test_status_lists_the_running_deployment(server):
     assert server.url in row and "checkpoint_e000001-" in row
 
 
-class Load:
-    """A bounded client loop: `threads` clients sending one request after another."""
-
-    def __init__(self, url: str, *, retries: int, threads: int = 2, max_s: float = 30.0):
-        self.client = PredictClient(
-            url, retries=retries, backoff_s=0.05, max_backoff_s=1.0, timeout_s=10
-        )
-        self.ok = self.failed = 0
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + max_s
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and time.monotonic() < self._deadline:
-            try:
-                self.client.infer(MODEL, ONE)
-                outcome = None
-            except RayfleetError as exc:
-                outcome = str(exc)
-            with self._lock:
-                if outcome is None:
-                    self.ok += 1
-                else:
-                    self.failed += 1
-                    self.errors.append(outcome)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
-        self.client.close()
-
-    @property
-    def total(self) -> int:
-        return self.ok + self.failed
-
-
 def test_replicas_1_2_1_in_place_under_load_without_failed_requests(server):
-    with Load(server.url, retries=0) as load:  # no client retries: Serve alone must not drop any
+    # No client retries: Serve alone must not drop any.
+    with BoundedLoad(server.url, MODEL, ONE, retries=0) as load:
         time.sleep(0.5)
         up = server.cli("serve", str(server.spec), "--replicas", "2")
         assert up.returncode == 0, up.stderr
@@ -306,8 +261,8 @@ def test_killed_replica_under_load_no_failures_with_cli_retries(server, record_p
     assert up.returncode == 0, up.stderr
     started = time.monotonic()
     with (
-        Load(server.url, retries=5, max_s=20) as with_retries,
-        Load(server.url, retries=0, max_s=20) as without,
+        BoundedLoad(server.url, MODEL, ONE, retries=5, max_s=20) as with_retries,
+        BoundedLoad(server.url, MODEL, ONE, retries=0, max_s=20) as without,
     ):
         time.sleep(1.0)
         kill = subprocess.run(
