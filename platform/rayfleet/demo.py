@@ -13,11 +13,11 @@ user types: `rayfleet data import`, `rayfleet run`, `rayfleet sweep`, `rayfleet 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from rayfleet.local import free_port
 from rayfleet.storage.s3server import loopback_s3
 
 BUCKET = "rayfleet-demo"
@@ -30,12 +30,6 @@ def _rayfleet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve_best_and_classify(job) -> None:
     """Serve the sweep's best model (`rayfleet serve`), classify the held-out digits over
     HTTP, and compare with evaluating the same checkpoint offline."""
@@ -45,7 +39,7 @@ def _serve_best_and_classify(job) -> None:
         str(REPO / "jobs" / "digits" / "serve.yaml"),
         job.dataset_uri(),
         overrides=["spec.source.run=null", "spec.source.sweep=digits-sweep"],
-        port=_free_port(),
+        port=free_port(),
     )
     print(
         f"served accuracy over HTTP: {served.accuracy:.4f} on {served.rows} held-out digits "

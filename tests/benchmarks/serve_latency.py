@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "platform"))
+
+from rayfleet.local import free_serve_port  # noqa: E402 - after the path is set
 
 PLAIN_SERVER = """
 import sys, torch, uvicorn
@@ -191,21 +192,6 @@ def closed_loop(target, clients, duration) -> dict:
 # ----------------------------------------------------------------------------- the servers
 
 
-def free_port() -> int:
-    """A free port outside Ray's worker ports and the ephemeral range Ray's own ports use."""
-    import random
-
-    for _ in range(200):
-        port = random.randint(21000, 29999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 21000-29999")
-
-
 def wait_ready(port: int, model: str, prefix: str = "", timeout: float = 120) -> None:
     import httpx
 
@@ -222,7 +208,7 @@ def wait_ready(port: int, model: str, prefix: str = "", timeout: float = 120) ->
 
 
 def start_plain(checkpoint: str, model: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port = free_serve_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "platform")}
     cmd = [sys.executable, "-c", PLAIN_SERVER, checkpoint, model, str(port)]
     proc = subprocess.Popen(cmd, env=env)
@@ -312,7 +298,7 @@ def main() -> int:
         from rayfleet.train.launcher import ensure_ray
 
         ensure_ray()
-        serve_port = free_port()
+        serve_port = free_serve_port()
         deploy_serve("tiny", tiny, batch=1, wait_s=0.0, port=serve_port)
         deploy_serve("slow", slow, batch=1, wait_s=0.0, port=serve_port)
         deploy_serve("slowb", slow, batch=32, wait_s=args.batch_wait_s, port=serve_port)

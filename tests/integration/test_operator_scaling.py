@@ -22,11 +22,12 @@ import pytest
 import yaml
 
 from rayfleet.k8s import reconcile
+from rayfleet.local import free_serve_port
 
 from ..conftest import REPO
 from ..unit.test_serve_loading import write_checkpoint
 from .load import BoundedLoad
-from .ray_head import RayHead, free_port
+from .ray_head import RayHead
 
 pytestmark = pytest.mark.integration
 APP, MODEL, DEPLOYMENT = "digits", "digits", "ModelServer"
@@ -38,7 +39,7 @@ BODY = {
 @pytest.fixture(scope="module")
 def head():
     head = RayHead(dict(os.environ))
-    head.serve_port = free_port()
+    head.serve_port = free_serve_port()
     try:
         head.start()
         yield head

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import pytest
 import torch
 import yaml
 
+from rayfleet.local import free_serve_port, stop_gracefully
 from rayfleet.serve.evaluate import evaluate_served, read_split
 from rayfleet.specs import load_spec
 from rayfleet.storage.checkpoints import download_verified
@@ -43,21 +42,6 @@ RUN, SWEEP, MODEL = "serve-digits", "serve-sweep", "digits"
 TENSOR = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
 ONE = {"inputs": [TENSOR]}
 INFER = f"/v2/models/{MODEL}/infer"
-
-
-def _free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+) and above Ray's worker ports
-    (10002-19999), so Ray starting up can't take it before Serve's proxy binds it."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(21000, 29999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 21000-29999")
 
 
 class Server:
@@ -103,7 +87,7 @@ def server(trained, tmp_path_factory):
     )  # fmt: skip
     spec_path = work / "serve.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
-    port = _free_port()
+    port = free_serve_port()
     env = {**os.environ, "RAYFLEET_SERVE_STATE": str(work / "state.json")}
     env.pop("RAY_ADDRESS", None)
     log = work / "serve.log"
@@ -120,13 +104,7 @@ def server(trained, tmp_path_factory):
         assert time.monotonic() < deadline, srv.output()[-3000:]
         time.sleep(0.5)
     yield srv
-    if proc.poll() is None:  # only the process this fixture started, by its handle
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_gracefully(proc)  # only the process this fixture started, by its handle
 
 
 def test_serve_prints_the_url_and_predict_finds_it(server, digits_uri):

@@ -287,7 +287,7 @@ def _storage_from_cluster(name, address, context, token_file) -> str:
 
 def _refresh_record(cluster, job, *, with_logs: bool = False) -> None:
     """`jobs` commands keep the run record current with what the cluster says."""
-    from rayfleet.jobs.records import note_submission
+    from rayfleet.jobs.records import refresh
     from rayfleet.specs import parse_spec
     from rayfleet.storage.uri import parse_uri
     from rayfleet.train import record
@@ -302,9 +302,7 @@ def _refresh_record(cluster, job, *, with_logs: bool = False) -> None:
         doc = record.read(filesystem_for(uri), uri)
         if not doc or "spec" not in doc:
             return
-        spec = parse_spec(doc["spec"], source=str(uri))
-        tail = cluster.logs(job.submission_id) if with_logs else None
-        note_submission(uri, spec, address=cluster.address, job=job, log_tail=tail)
+        refresh(cluster, job, uri, parse_spec(doc["spec"], source=str(uri)), with_logs=with_logs)
     except Exception as exc:  # noqa: BLE001 - showing the status matters more than the record
         err_console.print(f"[yellow]could not update {uri}/record.json: {exc}[/]")
 

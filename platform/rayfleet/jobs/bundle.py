@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from rayfleet.errors import SpecError, StorageError
 from rayfleet.storage.filesystem import filesystem_for, write_bytes
 from rayfleet.storage.uri import StorageURI
@@ -106,8 +108,6 @@ def build(spec_dir: Path, storage: StorageURI, env_vars: dict[str, str]) -> Bund
     data = zip_folder(spec_dir)
     target = storage.join("bundles", f"{hashlib.sha256(data).hexdigest()[:32]}.zip")
     fs = filesystem_for(target)
-    import pyarrow.fs as pafs
-
     if fs.get_file_info(target.fs_path).type == pafs.FileType.NotFound:
         write_bytes(fs, target.fs_path, data)
     return Bundle({"working_dir": str(target), **env}, size, uploaded_to=str(target))

@@ -111,16 +111,18 @@ class Cluster:
     def stop(self, submission_id: str) -> bool:
         return self.call(self.client.stop_job, submission_id)
 
-    def run_jobs(self, name: str) -> list:
-        """Every submission of run `name`, oldest first."""
-        found = [j for j in self.jobs() if (j.metadata or {}).get(RAYFLEET_RUN) == name]
+    def run_jobs(self, name: str, jobs: list | None = None) -> list:
+        """Every submission of run `name` (among `jobs`, else all on the cluster), oldest first."""
+        jobs = self.jobs() if jobs is None else jobs
+        found = [j for j in jobs if (j.metadata or {}).get(RAYFLEET_RUN) == name]
         return sorted(found, key=lambda j: (j.start_time or 0, j.submission_id or ""))
 
     def find(self, name_or_id: str):
         """The newest submission of a run name, or the job with that submission id."""
-        if runs := self.run_jobs(name_or_id):
+        jobs = self.jobs()
+        if runs := self.run_jobs(name_or_id, jobs):
             return runs[-1]
-        for job in self.jobs():
+        for job in jobs:
             if name_or_id in (job.submission_id, job.job_id):
                 return job
         raise JobNotFoundError(

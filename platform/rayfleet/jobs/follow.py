@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from rayfleet.errors import ClusterUnreachableError, RayfleetError
 from rayfleet.jobs.cluster import Cluster
+from rayfleet.train import record
 
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+TERMINAL = record.TERMINAL
 
 
 def status_of(job) -> str:

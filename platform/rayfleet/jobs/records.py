@@ -19,7 +19,6 @@ from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train import record
 
 LOG_TAIL_LINES = 40
-RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def home(spec: TrainJob | SweepJob, storage: StorageURI) -> StorageURI:
@@ -60,7 +59,7 @@ def note_submission(uri: StorageURI, spec, *, address: str, job, log_tail: str |
         latest = subs[-1]["id"] == entry["id"]
         if latest and entry["status"] in ("PENDING", "RUNNING") and "status" not in doc:
             doc["status"] = "SUBMITTED"
-        if latest and entry["status"] in RAY_TERMINAL:
+        if latest and entry["status"] in record.TERMINAL:
             if entry["status"] != "SUCCEEDED" or doc.get("status") != "SUCCEEDED":
                 doc["status"] = entry["status"]
             if entry["status"] != "SUCCEEDED":
@@ -71,6 +70,18 @@ def note_submission(uri: StorageURI, spec, *, address: str, job, log_tail: str |
         doc["updated"] = record.now()
 
     return record.update(filesystem_for(uri), uri, change)
+
+
+def refresh(cluster, job, uri: StorageURI, spec, *, with_logs: bool) -> dict[str, Any]:
+    """Bring the record at `uri` up to date with what `cluster` says about `job` (and, with
+    `with_logs`, the last lines of its log, when the cluster still has them)."""
+    tail = None
+    if with_logs:
+        try:
+            tail = cluster.logs(job.submission_id)
+        except Exception:  # noqa: BLE001 - the record is worth writing without the log
+            tail = None
+    return note_submission(uri, spec, address=cluster.address, job=job, log_tail=tail)
 
 
 def find(name: str, storage: str) -> tuple[StorageURI, dict[str, Any]]:

@@ -217,15 +217,8 @@ def wait(cluster: Cluster, sid: str, on_status: Callable[[str], None]):
 
 def note(cluster: Cluster, plan_: Plan, sid: str, *, with_logs: bool) -> dict:
     """Bring the record up to date with what the cluster says about `sid`."""
-    job = cluster.info(sid)
-    tail = None
-    if with_logs:
-        try:
-            tail = cluster.logs(sid)
-        except Exception:  # noqa: BLE001 - the record is worth writing without the log
-            tail = None
-    return records.note_submission(
-        plan_.record_uri, plan_.spec, address=cluster.address, job=job, log_tail=tail
+    return records.refresh(
+        cluster, cluster.info(sid), plan_.record_uri, plan_.spec, with_logs=with_logs
     )
 
 

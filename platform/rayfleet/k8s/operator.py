@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_memory=args.worker_memory,
             shm_size=args.shm_size,
         )
+        _ = _State.client().api  # credentials first: one line, not kopf's retry loop of tracebacks
     except BadInputError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rayfleet.local import stop_gracefully
 from rayfleet.storage.uri import StorageURI
 
 
@@ -75,7 +76,6 @@ def serve_and_classify(
     `command` is how to call the CLI (default `python -m rayfleet.cli.main`); the server's
     output lines go to `echo`.
     """
-    import signal
     import subprocess
     import sys
     import threading
@@ -111,13 +111,7 @@ def serve_and_classify(
         url = f"http://127.0.0.1:{port}"
         served = evaluate_served(url, deployment.model_name, split.features, split.labels)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_gracefully(proc)
     return served, evaluate_offline(checkpoint, split.features, split.labels)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 
 from rayfleet.data.layout import read_info
 from rayfleet.errors import StorageError, WorkFailedError
+from rayfleet.local import free_port
 from rayfleet.specs import TrainJob
 from rayfleet.storage.checkpoints import newest_verified, prune
 from rayfleet.storage.filesystem import filesystem_for
@@ -87,7 +87,7 @@ def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
     # One local node can't be drained or preempted on its own: skip Ray Train's watcher actor.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if dashboard:
-        port = _free_port()
+        port = free_port()
         os.environ[_API_SERVER_ENV] = f"http://127.0.0.1:{port}"
         common.update(dashboard_host="127.0.0.1", dashboard_port=port)
     ray.init(
@@ -97,12 +97,6 @@ def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
         **common,
     )
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _progress_channel():
