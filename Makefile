@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo unit lint security test test-all bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,21 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m rayfleet.demo
 
-# Unit and integration tests (local Ray, loopback S3 server); the CI gate.
-test: $(STAMP)
+# The fast loop: unit tests and the offline chart/manifest checks; no Ray, no servers.
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "(unit or k8s) and not slow" tests/unit tests/k8s
+
+# ruff's lint rules and formatting, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests
+	$(BIN)/ruff format --check platform tests
+
+# Regression tests for the threat model in the README (every tier that has them).
+security: $(STAMP)
+	$(BIN)/python -m pytest -m "security and not slow" tests
+
+# Lint, then unit, k8s and integration tests (local Ray, loopback S3 server); the CI gate.
+test: lint
 	$(BIN)/python -m pytest -m "not slow" tests
 
 test-all: $(STAMP)

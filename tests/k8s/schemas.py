@@ -8,12 +8,14 @@ false`: an unknown field fails the test instead of vanishing on apply.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +28,8 @@ CRD_FILES = {
 }
 KUBERNETES_VERSION = "1.30.0"
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
+# Set by .ci/run: the shared CRD folder must be there (CI has it); elsewhere checks skip.
+REQUIRE_SHARED_ENV = "RAYFLEET_REQUIRE_SHARED"
 
 
 def strict(schema: Any) -> Any:
@@ -49,13 +53,18 @@ def strict(schema: Any) -> Any:
 
 
 def crd_dir() -> Path:
-    """The KubeRay CRDs; missing schemas fail the run (never skip: CI must have them)."""
+    """The KubeRay CRDs. Without them (a fresh clone with no ../shared beside it) the schema
+    checks skip with the reason; CI sets RAYFLEET_REQUIRE_SHARED=1 (.ci/run), so there a
+    missing folder fails the run instead of skipping silently."""
     missing = [f for f in CRD_FILES.values() if not (CRD_DIR / f).is_file()]
     if missing:
-        raise AssertionError(
+        message = (
             f"KubeRay {KUBERAY_VERSION} CRD schemas missing in {CRD_DIR}: {', '.join(missing)}; "
             "put the operator's CRDs there (ray-operator/config/crd/bases)"
         )
+        if os.environ.get(REQUIRE_SHARED_ENV) == "1":
+            raise AssertionError(message)
+        pytest.skip(message)
     return CRD_DIR
 
 
