@@ -16,6 +16,12 @@ def run(
     spec: Path = typer.Argument(..., help="Job spec YAML file."),
     overrides: list[str] = SetOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and worker logs."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Resume this run's newest checkpoint even if it was trained from a different "
+        "model, dataset or optimiser setting.",
+    ),
 ) -> None:
     """Run a TrainJob: preflight, data-parallel training, verified checkpoints."""
     from rayfleet.train.launcher import run_train_job
@@ -30,7 +36,11 @@ def run(
     )
     with TrainProgress(s.run.epochs) as view:
         result = run_train_job(
-            job, on_event=view, sys_path=[str(spec.resolve().parent)], verbose=verbose
+            job,
+            on_event=view,
+            sys_path=[str(spec.resolve().parent)],
+            verbose=verbose,
+            force=force,
         )
     console.print(
         f"[green]done[/] in {result.elapsed_s:.1f}s ({result.attempts} attempt(s)); "

@@ -16,7 +16,6 @@ it, the pinned checkpoint URI; on a cluster without one, the builder resolves th
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ray import serve
@@ -126,7 +125,7 @@ def application(args: dict[str, Any]):
         raise SpecError(
             f"serve application args: expected a ModelDeployment, got {deployment.kind}"
         )
-    checkpoint = args.get("checkpoint") or os.path.expandvars(str(resolve_source(deployment).uri))
+    checkpoint = args.get("checkpoint") or str(resolve_source(deployment).uri)
     return ModelServer.options(**deployment_options(deployment)).bind(
         replica_settings(deployment, checkpoint)
     )

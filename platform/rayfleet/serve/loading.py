@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pickle
 import tempfile
 import zipfile
@@ -164,7 +163,7 @@ def resolve_source(deployment: ModelDeployment) -> ResolvedSource:
     storage = deployment.storage_uri()
     skipped: list[str] = []
     if source.checkpoint is not None:
-        uri = parse_uri(os.path.expandvars(source.checkpoint))
+        uri = parse_uri(source.checkpoint)  # literal: specs never expand env variables
         meta = _verified(uri, "checkpoint")
         via = "checkpoint"
     elif source.run is not None:

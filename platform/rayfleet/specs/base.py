@@ -22,24 +22,47 @@ API_VERSION = "rayfleet.io/v1alpha1"
 DEFAULT_STORAGE = "~/.rayfleet/store"
 STORAGE_ENV = "RAYFLEET_STORAGE"
 
-# Kubernetes object names (RFC 1123 label): also used as run names and storage folder names.
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# metadata.name is a run name, a storage folder and a Kubernetes object name, so one rule
+# holds everywhere (validate, run, render, the CRD): a DNS-1035 label (a letter first) of at
+# most 47 characters, because KubeRay names a RayJob's RayCluster `<name>-<5 chars>` and
+# needs that to fit its 53-character limit. Patterns are used with fullmatch (`$` would
+# accept a trailing newline).
+MAX_NAME = 47
+NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+ENTRYPOINT_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# The largest seed numpy, torch and Python's random all accept.
+MAX_SEED = 2**32 - 1
 
 
 class SpecModel(BaseModel):
     """Base for everything users write: camelCase keys, unknown keys rejected."""
 
+    # allow_inf_nan=False: an `inf` learning rate or CPU count would validate here and fail
+    # later inside the workers, possibly restarting forever.
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        allow_inf_nan=False,
     )
 
 
 def _check_uri(value: str) -> str:
-    """Reject malformed storage URIs at validation time, with the parser's message."""
-    if "${" in value:  # resolved later, from the environment
-        return value
+    """Reject malformed storage URIs at validation time, with the parser's message.
+
+    Environment variables are never expanded in a spec's fields: a spec can come from
+    someone with fewer rights than the process that runs it (a ModelDeployment author and
+    the serving pod, say), and `${RAY_AUTH_TOKEN}` in a URI would leak the pod's secrets
+    into paths, logs and error messages. The one documented indirection is an unset
+    `storage`, which means $RAYFLEET_STORAGE of the process that runs the spec.
+    """
+    if "$" in value:
+        raise ValueError(
+            "environment variables are not expanded in specs; write the URI itself "
+            f"(leave storage unset to use ${STORAGE_ENV})"
+        )
     try:
         parse_uri(value)
     except StorageError as exc:
@@ -55,10 +78,11 @@ def _check_dataset(value: str) -> str:
 
 
 def _check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if len(value) > MAX_NAME or not NAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid name: use lowercase letters, digits and '-' "
-            "(at most 63 characters, starting and ending with a letter or digit)"
+            f"(at most {MAX_NAME} characters, starting with a letter, ending with a letter "
+            "or digit)"
         )
     return value
 
@@ -79,8 +103,8 @@ class DriverSpec(SpecModel):
     reserve the workers' CPUs and GPUs themselves (spec.scaling), so the default is none,
     and a cluster exactly as big as the workers can run the job."""
 
-    cpus: float = Field(default=0, ge=0, description="CPUs reserved for the driver.")
-    gpus: float = Field(default=0, ge=0, description="GPUs reserved for the driver.")
+    cpus: float = Field(default=0, ge=0, le=1024, description="CPUs reserved for the driver.")
+    gpus: float = Field(default=0, ge=0, le=64, description="GPUs reserved for the driver.")
 
 
 class Resource(SpecModel):
@@ -97,10 +121,12 @@ class Resource(SpecModel):
 
 
 def resolve_storage(raw: str | None) -> StorageURI:
-    """The storage root: the spec's, else $RAYFLEET_STORAGE, else ~/.rayfleet/store."""
-    raw = raw or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-    return parse_uri(os.path.expandvars(raw))
+    """The storage root: the spec's, else $RAYFLEET_STORAGE, else ~/.rayfleet/store.
+
+    Nothing is expanded: the spec's value is literal (validated), and RAYFLEET_STORAGE is
+    the running process's own setting, not something a spec author controls."""
+    return parse_uri(raw or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
 
 
 def is_dataset_name(raw: str) -> bool:
-    return bool(_DATASET_NAME.match(raw)) and "/" not in raw
+    return bool(_DATASET_NAME.fullmatch(raw))

@@ -13,7 +13,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rayfleet.specs.base import DriverSpec, Resource, SpecModel, UriStr, resolve_storage
+from rayfleet.specs.base import (
+    MAX_SEED,
+    DriverSpec,
+    Resource,
+    SpecModel,
+    UriStr,
+    resolve_storage,
+)
 from rayfleet.specs.train import TrainJobSpec
 from rayfleet.storage.uri import StorageURI
 
@@ -92,7 +99,9 @@ class SearchSpec(SpecModel):
         description="random: sample the space; grid: every combination of grid/choice "
         "values; tpe: Optuna's Tree-structured Parzen Estimator (model-based).",
     )
-    seed: int | None = Field(default=0, description="Seed of the search; null: not seeded.")
+    seed: int | None = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of the search; null: not seeded."
+    )
 
 
 class SchedulerSpec(SpecModel):
@@ -101,10 +110,17 @@ class SchedulerSpec(SpecModel):
         description="asha: async successive halving; fifo: run every trial to the end; "
         "median: stop a trial whose metric is below the median of others at that epoch.",
     )
-    grace_period: int = Field(default=1, ge=1, description="Epochs before a trial may stop.")
-    reduction_factor: float = Field(default=3, gt=1, description="ASHA: keep 1/factor per rung.")
+    grace_period: int = Field(
+        default=1, ge=1, le=1_000_000, description="Epochs before a trial may stop."
+    )
+    reduction_factor: float = Field(
+        default=3, gt=1, le=1000, description="ASHA: keep 1/factor per rung."
+    )
     min_samples_required: int = Field(
-        default=3, ge=1, description="median: trials needed at an epoch before comparing."
+        default=3,
+        ge=1,
+        le=100_000,
+        description="median: trials needed at an epoch before comparing.",
     )
 
 
@@ -116,9 +132,11 @@ class SweepJobSpec(SpecModel):
     )
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    num_samples: int = Field(default=8, ge=1, description="Trials (grid: repeats of the grid).")
+    num_samples: int = Field(
+        default=8, ge=1, le=100_000, description="Trials (grid: repeats of the grid)."
+    )
     max_concurrent_trials: int | None = Field(
-        default=None, ge=1, description="Default: as many trials as the CPUs/GPUs hold."
+        default=None, ge=1, le=10_000, description="Default: as many trials as the CPUs/GPUs hold."
     )
     metric: str = Field(description="A metric the training reports, e.g. val_accuracy.")
     mode: Literal["max", "min"]
@@ -126,7 +144,10 @@ class SweepJobSpec(SpecModel):
         default=None, description="Where sweeps/<name>/ lives; default: the TrainJob's storage."
     )
     max_trial_failures: int = Field(
-        default=0, ge=0, description="Relaunches of an errored trial before it counts as failed."
+        default=0,
+        ge=0,
+        le=100,
+        description="Relaunches of an errored trial before it counts as failed.",
     )
     driver: DriverSpec = Field(default_factory=DriverSpec)
 

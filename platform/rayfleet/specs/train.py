@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -10,6 +11,7 @@ from pydantic import Field, model_validator
 from rayfleet.specs.base import (
     DEFAULT_STORAGE,
     ENTRYPOINT_RE,
+    MAX_SEED,
     STORAGE_ENV,
     DatasetStr,
     DriverSpec,
@@ -38,7 +40,7 @@ class ModelSpec(SpecModel):
     def _exactly_one(self) -> ModelSpec:
         if (self.recipe is None) == (self.entrypoint is None):
             raise ValueError("set exactly one of recipe or entrypoint")
-        if self.entrypoint is not None and not ENTRYPOINT_RE.match(self.entrypoint):
+        if self.entrypoint is not None and not ENTRYPOINT_RE.fullmatch(self.entrypoint):
             raise ValueError(
                 f"entrypoint {self.entrypoint!r} must look like package.module:function"
             )
@@ -53,11 +55,13 @@ class ModelSpec(SpecModel):
 
 
 class ScalingSpec(SpecModel):
-    num_workers: int = Field(default=2, ge=1, description="Data-parallel workers (DDP ranks).")
+    num_workers: int = Field(
+        default=2, ge=1, le=4096, description="Data-parallel workers (DDP ranks)."
+    )
     use_gpu: bool = Field(default=False, description="One GPU per worker unless gpusPerWorker.")
-    cpus_per_worker: float = Field(default=1, gt=0)
+    cpus_per_worker: float = Field(default=1, gt=0, le=1024)
     gpus_per_worker: float | None = Field(
-        default=None, ge=0, description="Defaults to 1 when useGpu, else 0."
+        default=None, ge=0, le=64, description="Defaults to 1 when useGpu, else 0."
     )
 
     @model_validator(mode="after")
@@ -74,27 +78,30 @@ class ScalingSpec(SpecModel):
 
 
 class RunSpec(SpecModel):
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=32, ge=1, description="Per worker.")
-    learning_rate: float = Field(default=1e-3, gt=0)
-    seed: int = Field(default=0, ge=0)
+    epochs: int = Field(default=10, ge=1, le=1_000_000)
+    batch_size: int = Field(default=32, ge=1, le=1_048_576, description="Per worker.")
+    learning_rate: float = Field(default=1e-3, gt=0, le=1e3)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     mixed_precision: Literal["none", "bf16"] = Field(
         default="bf16", description="bf16 autocast; applies on GPU only (CPU runs in fp32)."
     )
 
 
 class CheckpointSpec(SpecModel):
-    every_epochs: int = Field(default=1, ge=1, description="The last epoch always checkpoints.")
-    keep: int = Field(default=3, ge=1, description="Newest checkpoints kept in storage.")
+    every_epochs: int = Field(
+        default=1, ge=1, le=1_000_000, description="The last epoch always checkpoints."
+    )
+    keep: int = Field(default=3, ge=1, le=10_000, description="Newest checkpoints kept in storage.")
 
 
 class FailureSpec(SpecModel):
     max_failures: int = Field(
-        default=3, ge=-1, description="Worker-group restarts by Ray Train (-1: unlimited)."
+        default=3, ge=-1, le=1000, description="Worker-group restarts by Ray Train (-1: unlimited)."
     )
     max_driver_retries: int = Field(
         default=2,
         ge=0,
+        le=100,
         description="Relaunches of the whole run after controller or storage errors.",
     )
 
@@ -137,10 +144,23 @@ class TrainJob(Resource):
     def dataset_uri(self) -> StorageURI | None:
         if self.spec.dataset is None:
             return None
-        raw = os.path.expandvars(self.spec.dataset)
+        raw = self.spec.dataset
         if is_dataset_name(raw):
             return self.storage_uri().join("datasets", raw)
         return parse_uri(raw)
 
     def run_uri(self) -> StorageURI:
         return self.storage_uri().join("runs", self.name)
+
+    def training_identity(self) -> dict[str, Any]:
+        """What defines the training itself: model, data and optimisation (not how long, where,
+        or on how many workers). A run resumed under a different identity would continue one
+        training with another's weights, so the launcher refuses it unless forced."""
+        spec = self.spec.model_dump(mode="json", by_alias=True)
+        run = {k: v for k, v in spec["run"].items() if k != "epochs"}
+        return {"model": spec["model"], "dataset": spec["dataset"], "run": run}
+
+    def spec_hash(self) -> str:
+        """A short hash of `training_identity()`, stored in every checkpoint's manifest."""
+        canonical = json.dumps(self.training_identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]

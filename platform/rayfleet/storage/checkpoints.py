@@ -31,6 +31,8 @@ from rayfleet.storage.filesystem import read_bytes
 
 MANIFEST = "rayfleet-manifest.json"
 MANIFEST_VERSION = 1
+# meta key: the TrainJob.spec_hash() that wrote the checkpoint (see train.launcher).
+SPEC_HASH_KEY = "specHash"
 _CKPT_DIR = re.compile(r"^checkpoint_e(\d{6})(?:-([0-9a-f]{1,16}))?$")
 _CHUNK = 1 << 20
 
@@ -75,6 +77,19 @@ def write_manifest(local_dir: str | Path, meta: dict[str, Any] | None = None) ->
     return manifest
 
 
+def unsafe_entry(path: Any) -> str | None:
+    """Why a manifest entry may not be trusted as a path inside the checkpoint, or None.
+
+    A manifest comes from storage, which others can write: an entry like `../../x` or
+    `/etc/passwd` would make verification (and a loader that trusts the list) read outside
+    the checkpoint folder."""
+    if not isinstance(path, str) or not path or "\x00" in path or "\\" in path:
+        return "is not a plain relative path"
+    if path.startswith("/") or ".." in path.split("/") or "." in path.split("/"):
+        return "climbs out of the checkpoint folder (absolute or '..'); the manifest is not trusted"
+    return None
+
+
 @dataclass
 class Verification:
     ok: bool
@@ -91,10 +106,14 @@ def verify(fs: pafs.FileSystem, path: str, *, hash_files: bool = True) -> Verifi
     try:
         manifest = json.loads(raw)
         entries = manifest["files"]
+        paths = [e["path"] for e in entries]
     except (ValueError, KeyError, TypeError):
         return Verification(False, "manifest is not valid JSON")
     if not entries:
         return Verification(False, "manifest lists no files")
+    for entry_path in paths:
+        if (reason := unsafe_entry(entry_path)) is not None:
+            return Verification(False, f"manifest entry {entry_path!r} {reason}")
     infos = fs.get_file_info([f"{path}/{e['path']}" for e in entries])
     for entry, info in zip(entries, infos, strict=True):
         if info.type == pafs.FileType.NotFound:
@@ -160,20 +179,33 @@ def newest_verified(
     return None, skipped
 
 
-def prune(fs: pafs.FileSystem, run_path: str, keep: int) -> list[str]:
-    """Delete checkpoints older than the `keep` newest verified ones; returns what was deleted.
+def prune(
+    fs: pafs.FileSystem, run_path: str, keep: int, *, protect: tuple[str, ...] = ()
+) -> list[str]:
+    """Delete checkpoints older than the `keep` newest fully verified ones; returns what was
+    deleted.
 
     Ray Train's `num_to_keep` only knows checkpoints it registered; this also clears the
-    orphans a worker killed mid-report leaves behind, and corrupt leftovers. Nothing newer
-    than the oldest kept checkpoint is touched.
+    orphans a worker killed mid-report leaves behind, and corrupt leftovers. Kept checkpoints
+    are verified with their hashes, not only sizes: a newer checkpoint corrupted without a
+    size change must not count as kept, or the only good one would be deleted. Nothing newer
+    than the oldest kept checkpoint is touched, and never a checkpoint that is pinned
+    (served by a deployment, see storage.pins) or named in `protect` (folder names, e.g. the
+    checkpoint the run reports as its result).
     """
+    from rayfleet.storage.pins import pinned
+
+    held = set(pinned(fs, run_path)) | set(protect)
     kept, deleted = 0, []
     for _, path in list_checkpoints(fs, run_path):
+        name = path.rsplit("/", 1)[-1]
         if kept < keep:
-            kept += verify(fs, path, hash_files=False).ok
+            kept += verify(fs, path).ok
+            continue
+        if name in held:
             continue
         fs.delete_dir(path)
-        deleted.append(path.rsplit("/", 1)[-1])
+        deleted.append(name)
     return deleted
 
 

@@ -11,7 +11,9 @@ Ray workers and pods use their own ServiceAccount identity.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -62,12 +64,51 @@ def filesystem_for(uri: StorageURI, settings: S3Settings | None = None) -> pafs.
     return pafs.LocalFileSystem()
 
 
+def s3_client(settings: S3Settings | None = None, *, max_attempts: int = 3):
+    """A boto3 S3 client for control-plane calls (bucket checks, conditional writes), with
+    the same endpoint, region and bounded timeouts as the pyarrow filesystem. A fresh
+    session each time: the default one caches credentials it resolved earlier."""
+    import boto3
+    from botocore.config import Config
+
+    settings = settings or S3Settings.from_env()
+    return boto3.session.Session().client(
+        "s3",
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        config=Config(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=10,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+        ),
+    )
+
+
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
 
 
+def atomic_write_local(path: Path, data: bytes) -> None:
+    """Write a local file so that readers see the old or the new content, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Store a whole object: one PUT on S3, a temp file renamed into place locally, so a
+    reader (or a crash) never sees half of it."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        atomic_write_local(Path(path), data)
+        return
     parent = path.rsplit("/", 1)[0]
     if parent and parent != path:
         fs.create_dir(parent, recursive=True)

@@ -16,27 +16,16 @@ from rayfleet.storage.filesystem import (
     S3Settings,
     filesystem_for,
     read_bytes,
+    s3_client,
     write_bytes,
 )
 from rayfleet.storage.uri import StorageURI
 
 
 def _check_bucket(uri: StorageURI, settings: S3Settings) -> None:
-    import boto3
     import botocore.exceptions as bce
-    from botocore.config import Config
 
-    # A fresh session each time: the default one caches credentials it resolved earlier.
-    client = boto3.session.Session().client(
-        "s3",
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        config=Config(
-            connect_timeout=settings.connect_timeout,
-            read_timeout=10,
-            retries={"max_attempts": 2, "mode": "standard"},
-        ),
-    )
+    client = s3_client(settings, max_attempts=2)
     where = f"{uri} ({settings.describe()})"
     try:
         client.head_bucket(Bucket=uri.bucket)

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayfleet.data.layout import read_info
-from rayfleet.errors import StorageError, WorkFailedError
+from rayfleet.errors import SpecError, StorageError, WorkFailedError
 from rayfleet.local import free_port
 from rayfleet.specs import TrainJob
-from rayfleet.storage.checkpoints import newest_verified, prune
+from rayfleet.storage.checkpoints import SPEC_HASH_KEY, newest_verified, prune
 from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.lease import Lease
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train import record
@@ -170,6 +171,7 @@ def _train_config(
         "mixed_precision": spec.run.mixed_precision,
         "checkpoint_every": spec.checkpoint.every_epochs,
         "channel": channel,
+        "spec_hash": job.spec_hash(),
     }
 
 
@@ -307,68 +309,115 @@ def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler) -> EventHan
     return handle
 
 
+def check_same_training(job: TrainJob, resume_from, previous: dict[str, Any] | None) -> None:
+    """Refuse to resume a run's checkpoint written for a different training (another model,
+    dataset or optimiser setting: see TrainJob.training_identity): the result would be
+    neither run. Checkpoints from before spec hashes were recorded are accepted."""
+    stored = (resume_from.meta if resume_from else {}).get(SPEC_HASH_KEY)
+    if not stored or stored == job.spec_hash():
+        return
+    changed = ""
+    if previous and isinstance(previous.get("spec"), dict):
+        try:
+            before = TrainJob.model_validate(previous["spec"]).training_identity()
+            now = job.training_identity()
+            keys = [
+                f"{section}.{key}"
+                for section in now
+                for key in sorted(set(_flat(now[section])) | set(_flat(before[section])))
+                if _flat(now[section]).get(key) != _flat(before[section]).get(key)
+            ]
+            changed = f" (changed: {', '.join(keys)})" if keys else ""
+        except ValueError:
+            changed = ""
+    raise SpecError(
+        f"run {job.name}: its checkpoint {resume_from.name} was trained from a different spec"
+        f"{changed}; use another metadata.name for a new run, or rerun with --force to "
+        "continue this run's weights under the new spec"
+    )
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def run_train_job(
     job: TrainJob,
     *,
     on_event: EventHandler | None = None,
     sys_path: list[str] | None = None,
     verbose: bool = False,
+    force: bool = False,
 ) -> RunResult:
     """Run a TrainJob to completion on local or connected Ray and return its final state.
 
-    Raises BadInputError subclasses before anything starts, WorkFailedError when training
-    fails past its retries. The run record in storage follows every step.
+    Raises BadInputError subclasses before anything starts (including when another driver
+    holds the run's lease, or when the newest checkpoint belongs to a different training and
+    `force` is not set), WorkFailedError when training fails past its retries. The run
+    record in storage follows every step.
     """
     started = time.monotonic()
     notify = on_event or (lambda event: None)
     check_inputs(job)
     run_uri = job.run_uri()
     fs = filesystem_for(run_uri)
-    record.write(fs, run_uri, job, status="RUNNING")
-    resume_from, _ = newest_verified(fs, run_uri.fs_path)
-    if resume_from is not None:
-        record.note_resumed(
-            fs, run_uri, epoch=resume_from.epoch, metrics=resume_from.meta.get("metrics", {})
-        )
-
-    owns_ray = ensure_ray(verbose=verbose)
-    poller = _Poller(_progress_channel(), _recording_epochs(fs, run_uri, notify))
-    poller.start()
+    lease = Lease(run_uri, what=f"run {job.name}")
+    lease.acquire()
     try:
-        attempts, error = fit_with_retries(
-            job, lambda: build_trainer(job, poller.channel, sys_path), notify
+        resume_from, _ = newest_verified(fs, run_uri.fs_path)
+        if not force:
+            check_same_training(job, resume_from, record.read(fs, run_uri))
+        record.write(fs, run_uri, job, status="RUNNING")
+        if resume_from is not None:
+            record.note_resumed(
+                fs, run_uri, epoch=resume_from.epoch, metrics=resume_from.meta.get("metrics", {})
+            )
+
+        owns_ray = ensure_ray(verbose=verbose)
+        poller = _Poller(_progress_channel(), _recording_epochs(fs, run_uri, notify))
+        poller.start()
+        try:
+            attempts, error = fit_with_retries(
+                job, lambda: build_trainer(job, poller.channel, sys_path), notify
+            )
+        finally:
+            poller.close()
+            if owns_ray:
+                import ray
+
+                ray.shutdown()
+        if error is not None:
+            record.write(fs, run_uri, job, status="FAILED", error=str(error), attempts=attempts)
+            detail = str(error).strip().splitlines()[-1][:300]
+            raise WorkFailedError(
+                f"run {job.name} failed after {attempts} attempt(s): {detail}; "
+                f"logs: rerun with --verbose; state so far: {run_uri}"
+            ) from error
+
+        ref, skipped = newest_verified(fs, run_uri.fs_path)
+        if ref is None:
+            raise WorkFailedError(
+                f"run {job.name} finished but no verified checkpoint exists under {run_uri}"
+            )
+        keep = job.spec.checkpoint.keep
+        for name in prune(fs, run_uri.fs_path, keep, protect=(ref.name,)):
+            notify({"type": "log", "message": f"pruned {name} (older than the {keep} kept)"})
+        result = RunResult(
+            name=job.name,
+            run_uri=str(run_uri),
+            checkpoint_uri=str(run_uri.at(ref.path)),
+            epoch=ref.epoch,
+            metrics=ref.meta.get("metrics", {}),
+            attempts=attempts,
+            elapsed_s=time.monotonic() - started,
+            skipped=[str(s) for s in skipped],
         )
+        record.write(fs, run_uri, job, status="SUCCEEDED", result=result)
+        return result
     finally:
-        poller.close()
-        if owns_ray:
-            import ray
-
-            ray.shutdown()
-    if error is not None:
-        record.write(fs, run_uri, job, status="FAILED", error=str(error), attempts=attempts)
-        detail = str(error).strip().splitlines()[-1][:300]
-        raise WorkFailedError(
-            f"run {job.name} failed after {attempts} attempt(s): {detail}; "
-            f"logs: rerun with --verbose; state so far: {run_uri}"
-        ) from error
-
-    ref, skipped = newest_verified(fs, run_uri.fs_path)
-    if ref is None:
-        raise WorkFailedError(
-            f"run {job.name} finished but no verified checkpoint exists under {run_uri}"
-        )
-    keep = job.spec.checkpoint.keep
-    for name in prune(fs, run_uri.fs_path, keep):
-        notify({"type": "log", "message": f"pruned {name} (older than the {keep} kept)"})
-    result = RunResult(
-        name=job.name,
-        run_uri=str(run_uri),
-        checkpoint_uri=str(run_uri.at(ref.path)),
-        epoch=ref.epoch,
-        metrics=ref.meta.get("metrics", {}),
-        attempts=attempts,
-        elapsed_s=time.monotonic() - started,
-        skipped=[str(s) for s in skipped],
-    )
-    record.write(fs, run_uri, job, status="SUCCEEDED", result=result)
-    return result
+        lease.release()

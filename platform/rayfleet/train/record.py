@@ -3,11 +3,15 @@
 It is what outlives the cluster: the spec that ran, status, times, launches, the epochs
 trained (and by which launch), final metrics and the newest verified checkpoint; for a
 submitted run also its submissions (id, cluster address, status, times) and the last lines
-of its log. Written with a single PUT, so readers see the old or the new record, never half.
+of its log.
 
 Two writers share it: the driver running the work (`rayfleet run` / `rayfleet sweep`, here or
 on a cluster) and the submitting CLI (`rayfleet submit`, `rayfleet jobs`). Each write reads
-the stored record and replaces only its own keys (`update`), so neither erases the other's.
+the stored record, changes only its own keys and stores it with a compare-and-swap
+(`storage.documents.update`: S3 If-Match / If-None-Match, a locked atomic replace locally),
+retrying on a conflict, so neither writer ever erases what the other wrote in between.
+The `fs` arguments are the run's filesystem, kept so callers hold one handle per run; the
+compare-and-swap itself goes through `storage.documents`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from rayfleet.storage.filesystem import read_bytes, write_bytes
+from rayfleet.storage import documents
+from rayfleet.storage.filesystem import read_bytes
 from rayfleet.storage.uri import StorageURI
 
 RECORD = "record.json"
@@ -44,11 +49,9 @@ def read(fs: pafs.FileSystem, run_uri: StorageURI) -> dict[str, Any] | None:
 def update(
     fs: pafs.FileSystem, run_uri: StorageURI, change: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
-    """Read the stored record, apply `change` to it in place, store it; return it."""
-    doc = read(fs, run_uri) or {}
-    change(doc)
-    write_bytes(fs, run_uri.join(RECORD).fs_path, json.dumps(doc, indent=1).encode())
-    return doc
+    """Apply `change` to the stored record in place and store it unless someone else wrote
+    in between (then read again and re-apply); return what was stored."""
+    return documents.update(run_uri.join(RECORD), change)
 
 
 def write(fs: pafs.FileSystem, run_uri: StorageURI, job, *, status: str, **fields: Any) -> dict:

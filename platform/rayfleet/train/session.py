@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfleet.storage.checkpoints import (
+    SPEC_HASH_KEY,
     checkpoint_dir_name,
     download_verified,
     launch_token,
@@ -69,6 +70,7 @@ class WorkerContext:
     checkpoint_every: int
     config: dict[str, Any]
     channel: Any = None  # ProgressChannel actor handle, or None
+    spec_hash: str = ""  # TrainJob.spec_hash(): stored in every manifest (resume checks it)
     token: str = field(default_factory=launch_token)  # names this worker group's checkpoints
     _resume: Resume | None = None
     _resume_resolved: bool = False
@@ -204,7 +206,8 @@ def report(
     metrics = {**metrics, "epoch": epoch}
     checkpoint = None
     if checkpoint_dir is not None:
-        write_manifest(checkpoint_dir, {**(meta or {}), "epoch": epoch, "metrics": metrics})
+        stamp = {"epoch": epoch, "metrics": metrics, SPEC_HASH_KEY: ctx.spec_hash}
+        write_manifest(checkpoint_dir, {**(meta or {}), **stamp})
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
     ray.train.report(
         metrics,
@@ -239,6 +242,7 @@ def worker_main(config: dict[str, Any]) -> None:
         checkpoint_every=config["checkpoint_every"],
         config=config["user_config"],
         channel=config.get("channel"),
+        spec_hash=config.get("spec_hash", ""),
     )
     _set_context(ctx)
     emit({"type": "worker", "pid": os.getpid()})
