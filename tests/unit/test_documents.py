@@ -14,6 +14,7 @@ import pytest
 
 from rayfleet.storage import documents
 from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.lease import Lease, RunLockedError
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train import record
 
@@ -73,3 +74,16 @@ def test_local_writes_leave_no_partial_or_temp_files(tmp_path):
     names = sorted(p.name for p in (tmp_path / "runs" / "r2").iterdir())
     assert names == ["record.json", "record.json.lock"]
     assert record.read(fs, uri)["n"] == 4
+
+
+@pytest.mark.integration
+@pytest.mark.security
+def test_s3_lease_is_exclusive_and_released(s3):
+    from tests.conftest import BUCKET
+
+    run = parse_uri(f"s3://{BUCKET}/lease-test/runs/r")
+    with Lease(run, what="run r", ttl_s=30):
+        with pytest.raises(RunLockedError):
+            Lease(run, what="run r", ttl_s=30).acquire(wait_s=0)
+    with Lease(run, what="run r", ttl_s=30):  # released: the next driver gets it at once
+        pass
