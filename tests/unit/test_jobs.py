@@ -52,18 +52,18 @@ def test_token_precedence_and_header(env, tmp_path):
     path = tmp_path / "t"
     path.write_text("from-path")
     env.setenv("RAY_AUTH_TOKEN_PATH", str(path))
-    assert resolve(address="h:1").token.value == "from-path"
+    assert resolve(address="https://h:1").token.value == "from-path"
     env.setenv("RAY_AUTH_TOKEN", "from-env")
-    assert resolve(address="h:1").headers() == {"Authorization": "Bearer from-env"}
+    assert resolve(address="https://h:1").headers() == {"Authorization": "Bearer from-env"}
     flag = tmp_path / "flag"
     flag.write_text("from-flag")
-    assert resolve(address="h:1", token_file=flag).token.value == "from-flag"
+    assert resolve(address="https://h:1", token_file=flag).token.value == "from-flag"
     env.delenv("RAY_AUTH_TOKEN")
     env.delenv("RAY_AUTH_TOKEN_PATH")
     assert resolve(address="h:1").token is None and resolve(address="h:1").headers() == {}
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray/auth_token").write_text("ray-default")
-    assert resolve(address="h:1").token.value == "ray-default"  # where `ray start` puts it
+    assert resolve(address="https://h:1").token.value == "ray-default"  # where `ray start` puts it
 
 
 @pytest.mark.parametrize(

@@ -24,24 +24,34 @@ AddressOption = typer.Option(
 )
 ContextOption = typer.Option(None, "--context", help="A named cluster from the config file.")
 TokenFileOption = typer.Option(
-    None, "--token-file", help="Ray auth token file; default: RAY_AUTH_TOKEN(_PATH)."
+    None,
+    "--token-file",
+    help="Ray auth token file; default: the context's tokenFile, else RAY_AUTH_TOKEN(_PATH).",
 )
 OutputOption = typer.Option("text", "--output", "-o", help="text or json.")
+InsecureOption = typer.Option(
+    False,
+    "--insecure",
+    help="Allow sending the auth token over plain http to a host that is not this machine.",
+)
 
 app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop, describe.")
 contexts = typer.Typer(help="Named Ray clusters (~/.config/rayfleet/config.yaml).")
 
 
-def _target(address, context, token_file):
-    from rayfleet.jobs.target import resolve
+def _target(address, context, token_file, insecure=False):
+    from rayfleet.jobs.target import insecure_warning, resolve
 
-    return resolve(address, context, token_file)
+    target = resolve(address, context, token_file, insecure=insecure)
+    if warning := insecure_warning(target):
+        err_console.print(f"[yellow]{warning}[/]", highlight=False, soft_wrap=True)
+    return target
 
 
-def _connect(address, context, token_file):
+def _connect(address, context, token_file, insecure=False):
     from rayfleet.jobs.cluster import connect
 
-    return connect(_target(address, context, token_file))
+    return connect(_target(address, context, token_file, insecure))
 
 
 def _json(doc: Any) -> None:
@@ -81,6 +91,7 @@ def submit(
     address: str | None = AddressOption,
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
+    insecure: bool = InsecureOption,
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream the log until the end."),
     retries: int = typer.Option(
         0, "--retries", min=0, help="Resubmit (and resume) when the driver dies, N times."
@@ -94,7 +105,7 @@ def submit(
     from rayfleet.jobs import submit as submitting
 
     _check_output(output)
-    target = _target(address, context, token_file)
+    target = _target(address, context, token_file, insecure)
     plan = submitting.plan(spec, overrides or [], env)
     quiet = output == "json"
     outcome = submitting.run(
@@ -114,6 +125,7 @@ def submit(
                 "submissions": outcome.submission_ids,
                 "status": outcome.status,
                 "record": f"{plan.record_uri}/record.json",
+                "notSent": list(outcome.skipped),
             }
         )
         return
@@ -137,12 +149,13 @@ def list_jobs(
     address: str | None = AddressOption,
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
+    insecure: bool = InsecureOption,
     all_jobs: bool = typer.Option(False, "--all", help="Also jobs not submitted by rayfleet."),
     output: str = OutputOption,
 ) -> None:
     """Jobs on the cluster, newest last."""
     _check_output(output)
-    cluster = _connect(address, context, token_file)
+    cluster = _connect(address, context, token_file, insecure)
     jobs = sorted(cluster.jobs(), key=lambda j: j.start_time or 0)
     docs = [_job_doc(j) for j in jobs if all_jobs or (j.metadata or {}).get("rayfleet.run")]
     if output == "json":
@@ -169,11 +182,12 @@ def status(
     address: str | None = AddressOption,
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
+    insecure: bool = InsecureOption,
     output: str = OutputOption,
 ) -> None:
     """A job's status on the cluster (and the run record brought up to date)."""
     _check_output(output)
-    cluster = _connect(address, context, token_file)
+    cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
     doc = _job_doc(job)
     _refresh_record(cluster, job)
@@ -189,6 +203,7 @@ def logs(
     address: str | None = AddressOption,
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
+    insecure: bool = InsecureOption,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the end."),
     output: str = OutputOption,
 ) -> None:
@@ -196,7 +211,7 @@ def logs(
     from rayfleet.jobs.follow import follow as follow_log
 
     _check_output(output)
-    cluster = _connect(address, context, token_file)
+    cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
     if output == "json":
         return _json({"id": job.submission_id, "logs": cluster.logs(job.submission_id)})
@@ -213,6 +228,7 @@ def stop(
     address: str | None = AddressOption,
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
+    insecure: bool = InsecureOption,
     wait_s: float = typer.Option(30.0, "--wait", help="Seconds to wait for it to stop."),
     output: str = OutputOption,
 ) -> None:
@@ -220,7 +236,7 @@ def stop(
     from rayfleet.jobs.follow import TERMINAL, status_of
 
     _check_output(output)
-    cluster = _connect(address, context, token_file)
+    cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
     if status_of(job) not in TERMINAL:
         cluster.stop(job.submission_id)
@@ -247,6 +263,7 @@ def describe(
     address: str | None = AddressOption,
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
+    insecure: bool = InsecureOption,
     output: str = OutputOption,
 ) -> None:
     """The run record from storage: spec, submissions, status, epochs, metrics, checkpoint,
@@ -254,14 +271,14 @@ def describe(
     from rayfleet.jobs.records import find
 
     _check_output(output)
-    storage = storage or _storage_from_cluster(name, address, context, token_file)
+    storage = storage or _storage_from_cluster(name, address, context, token_file, insecure)
     uri, doc = find(name, storage)
     if output == "json":
         return _json(doc)
     _print_record(uri, doc)
 
 
-def _storage_from_cluster(name, address, context, token_file) -> str:
+def _storage_from_cluster(name, address, context, token_file, insecure) -> str:
     """Without --storage: the context's storage, the job's metadata, or RAYFLEET_STORAGE."""
     import os
 
@@ -269,7 +286,7 @@ def _storage_from_cluster(name, address, context, token_file) -> str:
     from rayfleet.specs.base import resolve_storage
 
     if address or context or os.environ.get("RAY_ADDRESS"):
-        target = _target(address, context, token_file)
+        target = _target(address, context, token_file, insecure)
         if target.storage:
             return target.storage
         from rayfleet.jobs.cluster import connect
@@ -352,18 +369,31 @@ def context_add(
     use: bool = typer.Option(False, "--use", help="Make it the current context."),
 ) -> None:
     """Add (or replace) a named cluster."""
-    from rayfleet.jobs.target import load_config, normalize_address, save_config
+    from rayfleet.jobs.target import (
+        Context,
+        cleartext_beyond_loopback,
+        load_config,
+        normalize_address,
+        save_config,
+    )
 
-    doc = load_config()
-    entry = {"address": normalize_address(address, "--address")}
-    if token_file:
-        entry["tokenFile"] = str(token_file.expanduser().resolve())
-    if storage:
-        entry["storage"] = storage
-    doc["contexts"][name] = entry
-    if use or not doc.get("currentContext"):
-        doc["currentContext"] = name
-    console.print(f"context {name} -> {entry['address']} ({save_config(doc)})", highlight=False)
+    config = load_config()
+    entry = Context(
+        address=normalize_address(address, "--address"),
+        token_file=str(token_file.expanduser().resolve()) if token_file else None,
+        storage=storage,
+    )
+    config.contexts[name] = entry
+    if use or not config.current_context:
+        config.current_context = name
+    console.print(f"context {name} -> {entry.address} ({save_config(config)})", highlight=False)
+    if entry.token_file and cleartext_beyond_loopback(entry.address):
+        err_console.print(
+            f"[yellow]warning: {entry.address} is plain http to another host: commands refuse "
+            "to send its token there without --insecure; prefer https://[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @contexts.command("use")
@@ -373,11 +403,11 @@ def context_use(name: str = typer.Argument(...)) -> None:
     from rayfleet.errors import BadInputError
     from rayfleet.jobs.target import config_path, load_config, save_config
 
-    doc = load_config()
-    if name not in doc["contexts"]:
+    config = load_config()
+    if name not in config.contexts:
         raise BadInputError(f"no context {name!r} in {config_path()}; add it first")
-    doc["currentContext"] = name
-    save_config(doc)
+    config.current_context = name
+    save_config(config)
     console.print(f"current context: {name}", highlight=False)
 
 
@@ -387,7 +417,7 @@ def context_list() -> None:
     """Named clusters; * marks the current one."""
     from rayfleet.jobs.target import load_config
 
-    doc = load_config()
-    for name, entry in doc["contexts"].items():
-        mark = "*" if name == doc.get("currentContext") else " "
-        console.print(f"{mark} {name}: {entry.get('address')}", highlight=False)
+    config = load_config()
+    for name, entry in config.contexts.items():
+        mark = "*" if name == config.current_context else " "
+        console.print(f"{mark} {name}: {entry.address}", highlight=False)

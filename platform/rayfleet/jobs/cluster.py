@@ -16,7 +16,7 @@ from typing import TypeVar
 import httpx
 
 from rayfleet.errors import ClusterError, ClusterUnreachableError, JobNotFoundError
-from rayfleet.jobs.target import Target
+from rayfleet.jobs.target import Target, check_transport
 
 T = TypeVar("T")
 PROBE_TIMEOUT_S = 5.0
@@ -140,6 +140,7 @@ def connect(target: Target) -> Cluster:
     # Ray's SDK logs every upload and websocket close at INFO; rayfleet says what matters.
     for name in ("ray.dashboard", "ray._private.runtime_env"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    check_transport(target)  # resolve() refused it already; this is the one place that sends
     probe(target)
     cluster = Cluster(target, None)
     cluster.client = cluster.call(

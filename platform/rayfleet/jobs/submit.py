@@ -96,6 +96,7 @@ def plan(path: Path, overrides: list[str], env: list[str] | None = None) -> Plan
             f"{path}: `rayfleet submit` runs TrainJob and SweepJob specs, not {spec.kind}; "
             f"serve it with `rayfleet serve {path}` or `rayfleet render {path}` (a RayService)"
         )
+    bundle.check_required(spec_dir, required_files(path, spec))
     env_vars.setdefault("RAYFLEET_STORAGE", str(resolve_storage(None)))
     return Plan(
         path=path,
@@ -146,33 +147,59 @@ def retryable(job) -> bool:
     return code is not None and code not in FINAL_EXIT_CODES and code != 0
 
 
-def submit_once(cluster: Cluster, plan_: Plan, *, attempt: int, say=lambda line: None) -> str:
+def required_files(path: Path, spec: Spec) -> list[Path]:
+    """Files in the spec's folder the job cannot run without: the spec, a sweep's TrainJob."""
+    folder = path.resolve().parent
+    needed = [folder / path.name]
+    if isinstance(spec, SweepJob) and spec.spec.train_job.path:
+        needed.append(folder / spec.spec.train_job.path)
+    return needed
+
+
+def skipped_line(skipped: tuple[str, ...], limit: int = 20) -> str:
+    """One line naming what stayed behind (the first `limit` entries, then a count)."""
+    shown = ", ".join(skipped[:limit])
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"not sent (symlinks, dotfiles, credential-like names): {shown}{more}"
+
+
+def submit_once(
+    cluster: Cluster, plan_: Plan, *, attempt: int, say=lambda line: None
+) -> tuple[str, tuple[str, ...]]:
+    """Submit one attempt; the submission id and what of the spec's folder was not sent."""
     folder = plan_.path.resolve().parent
-    runtime = bundle.build(folder, plan_.storage, plan_.env_vars)
-    say(
-        f"sending {folder} ({runtime.size / 1000:.0f} kB"
-        + (f", via {runtime.uploaded_to}" if runtime.uploaded_to else "")
-        + ") and the rayfleet package"
-    )
-    sid = next_submission(cluster, plan_.name)
-    _when_agent_ready(
-        cluster,
-        cluster.client.submit_job,
-        entrypoint=plan_.entrypoint(resume=attempt > 1 and _sweep_state_exists(plan_)),
-        submission_id=sid,
-        runtime_env=runtime.runtime_env,
-        metadata={
-            RAYFLEET_RUN: plan_.name,
-            "rayfleet.kind": plan_.spec.kind,
-            "rayfleet.storage": str(plan_.storage),
-            "rayfleet.record": str(plan_.record_uri),
-            "rayfleet.attempt": str(attempt),
-        },
-        # spec.driver: none by default (the driver coordinates; the workers reserve their own).
-        entrypoint_num_cpus=plan_.spec.spec.driver.cpus,
-        entrypoint_num_gpus=plan_.spec.spec.driver.gpus,
-    )
-    return sid
+    with bundle.build(
+        folder, plan_.storage, plan_.env_vars, required=required_files(plan_.path, plan_.spec)
+    ) as runtime:
+        if runtime.note:
+            say(runtime.note)
+        say(
+            f"sending {folder} ({runtime.size / 1000:.0f} kB"
+            + (f", via {runtime.uploaded_to}" if runtime.uploaded_to else "")
+            + ") and the rayfleet package"
+        )
+        if runtime.skipped:
+            say(skipped_line(runtime.skipped))
+        sid = next_submission(cluster, plan_.name)
+        _when_agent_ready(
+            cluster,
+            cluster.client.submit_job,
+            entrypoint=plan_.entrypoint(resume=attempt > 1 and _sweep_state_exists(plan_)),
+            submission_id=sid,
+            runtime_env=runtime.runtime_env,
+            metadata={
+                RAYFLEET_RUN: plan_.name,
+                "rayfleet.kind": plan_.spec.kind,
+                "rayfleet.storage": str(plan_.storage),
+                "rayfleet.record": str(plan_.record_uri),
+                "rayfleet.attempt": str(attempt),
+            },
+            # spec.driver: none by default (the driver coordinates; the workers reserve
+            # their own).
+            entrypoint_num_cpus=plan_.spec.spec.driver.cpus,
+            entrypoint_num_gpus=plan_.spec.spec.driver.gpus,
+        )
+    return sid, runtime.skipped
 
 
 def _sweep_state_exists(plan_: Plan) -> bool:
@@ -227,6 +254,8 @@ class Outcome:
     submission_ids: list[str]
     status: str
     record: dict
+    skipped: tuple[str, ...] = ()
+    """Entries of the spec's folder that were not sent (symlinks, dotfiles, credentials)."""
 
 
 def run(
@@ -242,12 +271,12 @@ def run(
     cluster = connect(target)
     ids: list[str] = []
     for attempt in range(1, retries + 2):
-        sid = submit_once(cluster, plan_, attempt=attempt, say=say)
+        sid, skipped = submit_once(cluster, plan_, attempt=attempt, say=say)
         ids.append(sid)
         record = note(cluster, plan_, sid, with_logs=False)
         say(f"submitted {sid} to {cluster.address} (attempt {attempt} of {retries + 1})")
         if not follow_logs and retries == 0:
-            return Outcome(ids, "SUBMITTED", record)
+            return Outcome(ids, "SUBMITTED", record, skipped)
         if follow_logs:
             job = follow(cluster, sid, write, say)
         else:
@@ -255,7 +284,7 @@ def run(
         record = note(cluster, plan_, sid, with_logs=True)
         status = status_of(job)
         if status == "SUCCEEDED":
-            return Outcome(ids, status, record)
+            return Outcome(ids, status, record, skipped)
         detail = (job.message or "").strip().splitlines()
         reason = detail[-1][:300] if detail else status
         if attempt <= retries and retryable(job):
