@@ -2,7 +2,8 @@
 a sweep's best.json naming its checkpoint, then `rayfleet serve SPEC` in the foreground (its
 own embedded Ray and Serve on a free port on 127.0.0.1) and every other command against it:
 `rayfleet predict`, `serve status`, `serve SPEC --replicas N`, a killed replica, a corrupt
-checkpoint, Ctrl-C. Nothing is mocked; this test process never connects to Ray itself.
+checkpoint, turning the bearer-token check on in place, Ctrl-C. Nothing is mocked; this test
+process never connects to Ray itself.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rayfleet.serve.evaluate import evaluate_served, read_split
 from rayfleet.specs import load_spec
 from rayfleet.storage.checkpoints import download_verified
 from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
+from rayfleet.storage.pins import pinned
 from rayfleet.storage.uri import parse_uri
 from rayfleet.train.launcher import run_train_job
 from rayfleet.train.recipes.digits import build_model
@@ -42,6 +44,7 @@ RUN, SWEEP, MODEL = "serve-digits", "serve-sweep", "digits"
 TENSOR = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
 ONE = {"inputs": [TENSOR]}
 INFER = f"/v2/models/{MODEL}/infer"
+TOKEN = "it-0123456789abcdef-serve-token"  # handed to `rayfleet serve` in a --token-file
 
 
 class Server:
@@ -90,11 +93,16 @@ def server(trained, tmp_path_factory):
     port = free_serve_port()
     env = {**os.environ, "RAYFLEET_SERVE_STATE": str(work / "state.json")}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAYFLEET_SERVE_TOKEN", None)
+    # Auth starts off; the token goes to the embedded Ray's environment so that a later
+    # in-place update can turn spec.auth on (test_auth_turned_on_in_place).
+    token_file = work / "token"
+    token_file.write_text(TOKEN + "\n")
     log = work / "serve.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rayfleet.cli.serve_commands", "serve", str(spec_path),
-             "--port", str(port)],
+             "--port", str(port), "--token-file", str(token_file)],
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     srv = Server(proc, f"http://127.0.0.1:{port}", spec_path, env, log)
@@ -119,6 +127,27 @@ def test_serve_prints_the_url_and_predict_finds_it(server, digits_uri):
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["0", "1", "2"]
     assert all("class " in line for line in result.stdout.splitlines())
+
+
+@pytest.mark.security
+def test_serve_pins_the_checkpoint_it_serves(server, trained):
+    ckpt = parse_uri(trained.checkpoint_uri)
+    run_path, name = ckpt.fs_path.rstrip("/").rsplit("/", 1)
+    assert pinned(filesystem_for(ckpt), run_path) == {name: f"deployment-{MODEL}"}
+
+
+@pytest.mark.security
+def test_a_large_valid_body_is_answered_by_the_replica(server):
+    """A body near the 1 MiB limit is parsed in a worker thread inside the Serve replica."""
+    rows = 1_400
+    x = np.random.default_rng(0).random((rows, 1, 8, 8)).round(6)
+    body = json.dumps({"inputs": [{**TENSOR, "shape": [rows, 1, 8, 8], "data": x.tolist()}]})
+    assert 512 * 1024 < len(body) < 1 << 20
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        r = client.post(INFER, content=body)
+        assert r.status_code == 200, r.text[:300]
+        assert r.json()["outputs"][0]["shape"] == [rows, 10]
+        assert client.get("/v2/health/live").status_code == 200
 
 
 def _offline_logits(checkpoint_uri: str, features: np.ndarray, tmp: Path) -> np.ndarray:
@@ -302,8 +331,66 @@ def test_corrupt_checkpoint_is_refused_at_deploy_time(server, trained):
     assert "run serve-corrupt: no verified checkpoint" in by_run.stderr
     assert "skipped checkpoint_e000001-0bad: state.pt sha256 does not match" in by_run.stderr
     # the running deployment still serves the good checkpoint
-    meta = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10).json()
+    response = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10)
+    meta = response.json()
     assert meta["versions"] == [trained.checkpoint_uri.rsplit("/", 1)[-1]]
+    # ... and does not tell its clients where the checkpoint is stored (spec.exposeSource)
+    assert "checkpoint" not in meta["parameters"]
+    assert trained.checkpoint_uri not in response.text and BUCKET not in response.text
+
+
+SERVE_DETAILS = """
+import json
+from rayfleet.serve import runtime
+runtime.attach()
+print(json.dumps(runtime._client().get_serve_details(), default=str))
+"""
+
+
+@pytest.mark.security
+def test_auth_turned_on_in_place(server, trained):
+    """spec.auth on a running deployment: /v2 wants the token, the probes stay open, the
+    token reaches the replicas through their environment and is shown nowhere."""
+    auth_on = ["--set", "spec.auth.tokenSecretName=digits-serve-token",
+               "--set", "spec.exposeSource=true"]  # fmt: skip
+    up = server.cli("serve", str(server.spec), *auth_on)
+    assert up.returncode == 0, up.stdout + up.stderr
+    meta_url = f"{server.url}/v2/models/{MODEL}"
+    with httpx.Client(timeout=30) as client:
+        anonymous = client.get(meta_url)
+        assert anonymous.status_code == 401, anonymous.text[:300]
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
+        wrong = client.post(f"{server.url}{INFER}", json=ONE, headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 401
+        ok = {"Authorization": f"Bearer {TOKEN}"}
+        meta = client.get(meta_url, headers=ok)
+        assert meta.status_code == 200, meta.text[:300]
+        assert meta.json()["parameters"]["checkpoint"] == trained.checkpoint_uri  # opted in
+        assert client.post(f"{server.url}{INFER}", json=ONE, headers=ok).status_code == 200
+        for probe in ("/v2/health/live", "/v2/health/ready"):
+            assert client.get(f"{server.url}{probe}").status_code == 200
+    examples = server.spec.parent / "one.json"
+    examples.write_text(json.dumps(np.zeros((1, 8, 8)).tolist()))
+    refused = server.cli("predict", MODEL, "--input", str(examples), "--retries", "0")
+    assert refused.returncode == 2 and "HTTP 401" in refused.stderr, refused.stderr
+    with_env = subprocess.run(
+        [sys.executable, "-m", "rayfleet.cli.serve_commands", "predict", MODEL, "--input",
+         str(examples)],
+        capture_output=True, text=True, timeout=120,
+        env={**server.env, "RAYFLEET_SERVE_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert with_env.returncode == 0, with_env.stderr
+    assert with_env.stdout.startswith("0  class ")
+    details = subprocess.run(
+        [sys.executable, "-c", SERVE_DETAILS], capture_output=True, text=True, timeout=120,
+        env=server.env,
+    )  # fmt: skip
+    assert details.returncode == 0, details.stderr[-2000:]
+    assert "digits-serve-token" in details.stdout  # the Secret's name is in the config ...
+    status = server.cli("serve", "status")
+    for text in (details.stdout, status.stdout, status.stderr, up.stdout, up.stderr):
+        assert TOKEN not in text  # ... the token is nowhere Serve or rayfleet shows
+    assert TOKEN not in server.output()
 
 
 def test_ctrl_c_stops_serving_cleanly(server):

@@ -145,3 +145,113 @@ def assert_not_exposed(objects: list[dict[str, Any]]) -> None:
             assert head.get("serviceType", "ClusterIP") == "ClusterIP", obj["metadata"]["name"]
             assert not head.get("enableIngress"), obj["metadata"]["name"]
     assert not [o for o in objects if o["kind"] in ("Ingress", "Route", "HTTPRoute")]
+
+
+# The standard kube-api-access layout (what the ServiceAccount admission plugin mounts when
+# automountServiceAccountToken is on).
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _token_volumes(spec: dict[str, Any]) -> set[str]:
+    """Names of the pod's volumes that carry a Kubernetes API credential."""
+    out = set()
+    for volume in spec.get("volumes", []):
+        sources = (volume.get("projected") or {}).get("sources", [])
+        if any("serviceAccountToken" in s for s in sources):
+            out.add(volume["name"])
+    return out
+
+
+def _autoscaler_mounts(cluster: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The autoscaler sidecar's volumeMounts (KubeRay appends autoscalerOptions.volumeMounts
+    to the container it injects), or None when the cluster has no autoscaler."""
+    if not cluster.get("enableInTreeAutoscaling"):
+        return None
+    return cluster.get("autoscalerOptions", {}).get("volumeMounts", [])
+
+
+def assert_no_api_token_in_ray_containers(objects: list[dict[str, Any]]) -> int:
+    """No container of any pod template (Ray head and workers, submitters, test pods) gets a
+    Kubernetes API token: the pod turns automounting off and no container mounts a token
+    volume. Where the in-tree autoscaler runs, it alone mounts one, at the standard path,
+    from a projected volume of the head pod (token, ca.crt, namespace). Returns how many
+    autoscalers were seen."""
+    autoscalers = 0
+    for obj in objects:
+        for where, template in pod_templates(obj):
+            spec = template["spec"]
+            assert spec.get("automountServiceAccountToken") is False, f"{where}: automount on"
+            tokens = _token_volumes(spec)
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                for mount in c.get("volumeMounts", []):
+                    assert mount["name"] not in tokens, f"{where} {c['name']}: mounts {mount}"
+                    assert not mount["mountPath"].startswith("/var/run/secrets/kubernetes.io"), (
+                        f"{where} {c['name']}: {mount}"
+                    )
+        for cluster in cluster_specs(obj):
+            mounts = _autoscaler_mounts(cluster)
+            head = cluster["headGroupSpec"]["template"]["spec"]
+            if mounts is None:
+                assert not _token_volumes(head), f"{obj['metadata']['name']}: unused token"
+                continue
+            autoscalers += 1
+            (api,) = [m for m in mounts if m["mountPath"] == API_TOKEN_PATH]
+            assert api.get("readOnly") is True, api
+            (volume,) = [v for v in head.get("volumes", []) if v["name"] == api["name"]]
+            sources = volume["projected"]["sources"]
+            token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+            assert token["path"] == "token" and token.get("expirationSeconds", 3600) <= 3607
+            ca = next(s["configMap"] for s in sources if "configMap" in s)
+            assert ca["name"] == "kube-root-ca.crt"
+            assert ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+            namespace = next(s["downwardAPI"] for s in sources if "downwardAPI" in s)
+            assert namespace["items"][0]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    return autoscalers
+
+
+def _writable(mounts: list[dict[str, Any]], volumes: dict[str, Any], path: str) -> bool:
+    return any(
+        m["mountPath"] == path and not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+        for m in mounts
+    )
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def assert_read_only_root(objects: list[dict[str, Any]]) -> int:
+    """Every container has a read-only root filesystem and writable emptyDirs where it writes:
+    /tmp everywhere; the Ray containers (head, workers) and the autoscaler also Ray's temp dir
+    (/tmp/ray) and a HOME of their own, which is also where they start (workingDir), so a
+    driver's relative paths and ~/.cache land on a volume. Returns containers seen."""
+    seen = 0
+    for where, _, ctx in all_container_contexts(objects):
+        seen += 1
+        assert ctx.get("readOnlyRootFilesystem") is True, f"{where}: writable root filesystem"
+    for obj in objects:
+        for where, template in pod_templates(obj):
+            spec = template["spec"]
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            ray_pod = obj["kind"] in RAY_KINDS and not where.endswith("submitter")
+            for c in spec.get("containers", []):
+                mounts = c.get("volumeMounts", [])
+                assert _writable(mounts, volumes, "/tmp"), f"{where} {c['name']}: no /tmp"
+                home = _env(c).get("HOME")
+                if ray_pod:
+                    assert home, f"{where} {c['name']}: HOME not set"
+                    assert c.get("workingDir") == home, f"{where} {c['name']}: workingDir"
+                    assert _writable(mounts, volumes, "/tmp/ray"), f"{where}: no /tmp/ray"
+                if home and home != "/tmp":
+                    assert _writable(mounts, volumes, home), f"{where} {c['name']}: HOME {home}"
+        for cluster in cluster_specs(obj):
+            mounts = _autoscaler_mounts(cluster)
+            if mounts is None:
+                continue
+            head = cluster["headGroupSpec"]["template"]["spec"]
+            volumes = {v["name"]: v for v in head.get("volumes", [])}
+            env = {e["name"]: e.get("value") for e in cluster["autoscalerOptions"].get("env", [])}
+            where = f"{obj['kind']}/{obj['metadata']['name']} autoscaler"
+            for path in ("/tmp", "/tmp/ray", env.get("HOME")):
+                assert path and _writable(mounts, volumes, path), f"{where}: {path} not writable"
+    return seen

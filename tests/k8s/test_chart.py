@@ -56,6 +56,8 @@ def test_security_properties(profile, profile_objects):
     objects = profile_objects[profile]
     security.assert_auth_on(objects)
     security.assert_containers_hardened(objects)
+    security.assert_read_only_root(objects)
+    security.assert_no_api_token_in_ray_containers(objects)
     security.assert_no_host_access(objects)
     security.assert_no_secret_data(objects)
     serve_peers = len(profile_values(profile).get("networkPolicy", {}).get("serveFrom", {}))
@@ -159,13 +161,17 @@ def test_worker_groups_and_gpus(profile_objects):
     assert [g["groupName"] for g in cpu_only["spec"]["workerGroupSpecs"]] == ["cpu"]
 
 
-def test_only_an_autoscaled_head_mounts_an_api_token(profile_objects):
+@pytest.mark.security
+def test_only_the_autoscaler_sidecar_mounts_an_api_token(profile_objects):
+    """Issue 12 item 5: no pod automounts a token (job drivers and Serve replicas run in the
+    Ray containers); the autoscaler gets its own projected one (tests/k8s/security.py)."""
     for obj in profile_objects["default"]:
         for where, template in pod_templates(obj):
-            mounts = template["spec"].get("automountServiceAccountToken")
-            assert mounts is (where.endswith("head") and obj["kind"] in RAY_KINDS), where
+            assert template["spec"].get("automountServiceAccountToken") is False, where
+    assert security.assert_no_api_token_in_ray_containers(profile_objects["default"]) == 1
     no_autoscaler = render_chart({"autoscaling": {"enabled": False}})
     assert "automountServiceAccountToken: true" not in "".join(no_autoscaler.values())
+    assert "kube-api-access" not in "".join(no_autoscaler.values())
 
 
 def test_serving_profile_renders_a_rayservice_from_typed_values(profile_objects):
@@ -204,8 +210,9 @@ def test_serving_profile_renders_a_rayservice_from_typed_values(profile_objects)
             "source": {"checkpoint": "s3://models/runs/d/checkpoint_e000001-abc"},
             "gpusPerReplica": 1,
         },
+        {"source": {"run": "digits"}, "auth": {"tokenSecretName": "digits-token"}},
     ],
-    ids=["defaults", "autoscaling", "sweep", "checkpoint"],
+    ids=["defaults", "autoscaling", "sweep", "checkpoint", "auth"],
 )
 def test_serve_config_matches_rayfleet_serve(serve_values):
     """The chart's serveConfigV2 equals what rayfleet's Serve code builds for the same spec."""
@@ -228,6 +235,8 @@ def test_serve_config_matches_rayfleet_serve(serve_values):
             "routePrefix",
         )
     }
+    if s["auth"]["tokenSecretName"]:
+        spec["auth"] = s["auth"]
     if s["autoscaling"]["enabled"]:
         spec["autoscaling"] = {k: v for k, v in s["autoscaling"].items() if k != "enabled"}
     else:

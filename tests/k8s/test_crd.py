@@ -86,6 +86,8 @@ def test_the_schema_is_structural():
     for path, node in _nodes(version["schema"]["openAPIV3Schema"]):
         assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
         for key in ("$ref", "$defs", "anyOf", "oneOf", "allOf", "title", "default", "const"):
+            if (key, path) == ("default", ".spec.replicas"):  # the one default, see below
+                continue
             assert key not in node, f"{path}: {key}"
         assert node.get("additionalProperties") is not False, path
         if "exclusiveMinimum" in node:
@@ -108,6 +110,7 @@ def test_spec_fields_are_the_pydantic_models():
         "type": "integer",
         "description": ModelDeploymentSpec.model_fields["replicas"].description,
         "minimum": 1,
+        "default": 1,
     }
     target = spec["properties"]["autoscaling"]["properties"]["targetOngoingRequests"]
     assert target["minimum"] == 0 and target["exclusiveMinimum"] is True
@@ -244,3 +247,112 @@ def test_hpa_example_targets_a_model_deployment():
     }
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"] >= 1
+
+
+# ------------------------------------------------------- CEL rules and the replicas default
+
+
+def _rules(node: dict[str, Any]) -> list[str]:
+    return [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+
+
+@pytest.mark.security
+def test_cross_field_rules_are_cel_validations():
+    """The API server refuses what pydantic would: no object the operator can't reconcile is
+    stored (and `kubectl scale` onto an autoscaled deployment fails at once)."""
+    spec = crd.spec_schema()
+    assert len(_rules(spec)) == 1 and "autoscaling" in _rules(spec)[0]
+    (source,) = _rules(spec["properties"]["source"])
+    assert all(f"has(self.{k})" in source for k in ("checkpoint", "run", "sweep"))
+    (ordered,) = _rules(spec["properties"]["autoscaling"])
+    assert "self.minReplicas" in ordered and "self.maxReplicas" in ordered
+    for node in (spec, spec["properties"]["source"], spec["properties"]["autoscaling"]):
+        for rule in node["x-kubernetes-validations"]:
+            assert rule["message"] and "\n" not in rule["message"]
+
+
+@pytest.mark.security
+def test_replicas_defaults_to_one_for_the_scale_subresource():
+    """Without a default `kubectl get --subresource=scale` (and HPA) read 0 replicas from a
+    ModelDeployment that never set spec.replicas, though it runs one."""
+    replicas = crd.spec_schema()["properties"]["replicas"]
+    assert replicas["default"] == 1 == crd.REPLICAS_DEFAULT
+    from rayfleet.specs import parse_spec
+
+    doc = _digits()
+    doc["spec"].pop("replicas")
+    assert parse_spec(doc).num_replicas == crd.REPLICAS_DEFAULT
+
+
+def _celpy():
+    return pytest.importorskip("celpy", reason="cel-python evaluates the CRD's CEL rules")
+
+
+def cel_errors(doc: dict[str, Any]) -> list[str]:
+    """The CRD's x-kubernetes-validations evaluated as the API server does: after defaulting
+    (replicas: 1), each rule with `self` bound to its node, skipped when the node is absent."""
+    celpy = _celpy()
+    env = celpy.Environment()
+    spec = copy.deepcopy(doc["spec"])
+    schema = crd.spec_schema()
+    for name, node in schema["properties"].items():
+        if "default" in node and name not in spec:
+            spec[name] = node["default"]
+    out = []
+    targets = [(schema, spec)] + [
+        (schema["properties"][k], spec[k]) for k in ("source", "autoscaling") if k in spec
+    ]
+    for node, value in targets:
+        for rule in node.get("x-kubernetes-validations", []):
+            program = env.program(env.compile(rule["rule"]))
+            if not program.evaluate({"self": celpy.json_to_cel(value)}):
+                out.append(rule["message"])
+    return out
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    "path, doc", shipped_model_deployments(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_cel_rules_accept_every_shipped_model_deployment(path, doc):
+    assert cel_errors(doc) == [], path
+
+
+@pytest.mark.security
+def test_cel_rules_accept_valid_variants():
+    auto = _with(lambda d: (d["spec"].pop("replicas"), d["spec"].update(
+        autoscaling={"minReplicas": 0, "maxReplicas": 4})))  # fmt: skip
+    only_min = _with(
+        lambda d: (d["spec"].pop("replicas"), d["spec"].update(autoscaling={"minReplicas": 2}))
+    )  # fmt: skip  (maxReplicas defaults to 2)
+    for doc in (auto, only_min, _with(lambda d: d["spec"].pop("replicas"))):
+        assert cel_errors(doc) == [], doc["spec"]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["spec"]["source"].update(sweep="s"), "exactly one of"),
+        (lambda d: d["spec"].update(source={}), "exactly one of"),
+        (lambda d: d["spec"].update(replicas=3, autoscaling={}), "not both"),
+        (
+            lambda d: d["spec"].update(
+                replicas=None, autoscaling={"minReplicas": 5, "maxReplicas": 3}
+            ),
+            "minReplicas",
+        ),  # fmt: skip
+        (lambda d: d["spec"].update(replicas=None, autoscaling={"minReplicas": 3}), "minReplicas"),
+    ],
+    ids=["two-sources", "no-source", "replicas-and-autoscaling", "min-above-max", "min-above-2"],
+)
+def test_cel_rules_refuse_what_pydantic_refuses(change, message):
+    from rayfleet.errors import SpecError
+    from rayfleet.specs import parse_spec
+
+    doc = _with(change)
+    doc["spec"] = {k: v for k, v in doc["spec"].items() if v is not None}
+    found = cel_errors(doc)
+    assert any(message in m for m in found), found
+    with pytest.raises(SpecError):
+        parse_spec(doc)

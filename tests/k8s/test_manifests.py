@@ -49,6 +49,8 @@ def test_overlay_builds_and_validates(overlay):
     if any(o["kind"] in RAY_KINDS for o in objects):
         security.assert_auth_on(objects)
         security.assert_containers_hardened(objects)
+        security.assert_read_only_root(objects)
+        security.assert_no_api_token_in_ray_containers(objects)
         security.assert_no_secret_data(objects)
         security.assert_network_policy(objects)
         security.assert_head_pdb(objects)

@@ -99,10 +99,10 @@ def test_create_then_scale_then_status(api):
     md = applied(api)
     op.reconcile_one(md)
     creates = [(c[1], c[2]) for c in api.writes() if c[0] == "create"]
-    assert creates == [
-        ("RayService", "digits"),
+    assert creates == [  # the RayService after its NetworkPolicy and PDB
         ("NetworkPolicy", "digits"),
         ("PodDisruptionBudget", "digits-head"),
+        ("RayService", "digits"),
     ]
     ready = md_status(api)["conditions"][0]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "Initializing")
@@ -145,7 +145,7 @@ def test_a_deleted_rayservice_is_recreated(api):
 
 
 def test_an_invalid_spec_is_reported_not_retried(api):
-    md = applied(api, autoscaling={"maxReplicas": 3})  # and replicas: 1
+    md = applied(api, replicas=2, autoscaling={"maxReplicas": 3})  # (replicas: 1 is the default)
     with pytest.raises(kopf.PermanentError, match="set replicas or autoscaling, not both"):
         op.reconcile_one(md)
     ready = md_status(api)["conditions"][0]
@@ -229,7 +229,18 @@ def test_chart_rbac_is_exactly_what_the_operator_uses(api):
     # bookkeeping annotations on ModelDeployments, and post events.
     used[("rayfleet.io", "modeldeployments")] |= {"list", "watch", "patch"}
     used[("ray.io", "rayservices")] |= {"list", "watch"}
+    for handler in kopf.get_default_registry()._watching.get_all_handlers():
+        used[(handler.selector.group, handler.selector.any_name)] |= {"list", "watch"}
     used[("", "events")] = {"create"}
+    # A child whose ownerReference sets blockOwnerDeletion is admitted (with the
+    # OwnerReferencesPermissionEnforcement plugin, e.g. OpenShift) only for a writer that may
+    # update the owner's finalizers.
+    blocking = [
+        c for c in api.calls
+        if c[0] == "create" and c[3]["metadata"]["ownerReferences"][0]["blockOwnerDeletion"]
+    ]  # fmt: skip
+    assert blocking
+    used[("rayfleet.io", "modeldeployments/finalizers")] = {"update"}
     for cluster_wide in (False, True):
         values = {"operator": {"enabled": True, "clusterWide": cluster_wide}}
         objects = chart_objects(render_chart(values))
@@ -279,3 +290,142 @@ def test_chart_operator_pod_is_hardened_and_its_flags_parse():
     finally:
         argparse.ArgumentParser.parse_args = real
     assert seen["args"].namespace == ["ml"] and seen["args"].egress_port == [443, 6443]
+
+
+# ------------------------------------------- issue 12 item 7: children survive a re-create
+
+
+def _children(api: FakeCluster) -> dict[str, dict[str, Any]]:
+    keys = [("RayService", "digits"), ("NetworkPolicy", "digits"), ("PodDisruptionBudget",
+            "digits-head")]  # fmt: skip
+    return {kind: api.objects.get((kind, "ml", name)) for kind, name in keys}
+
+
+def _recreated(api: FakeCluster) -> dict[str, Any]:
+    """`kubectl delete` + `kubectl apply` of the ModelDeployment before the garbage collector
+    has removed its children: a new object, same name, new UID."""
+    del api.objects[("ModelDeployment", "ml", "digits")]
+    doc = yaml.safe_load((REPO / "jobs/digits/serve.yaml").read_text())
+    doc["metadata"]["uid"] = "uid-digits-2"
+    return api.put(doc)
+
+
+@pytest.mark.security
+def test_network_policy_and_pdb_are_created_before_the_rayservice(api):
+    op.reconcile_one(applied(api))
+    creates = [c[1] for c in api.writes() if c[0] == "create"]
+    assert creates == ["NetworkPolicy", "PodDisruptionBudget", "RayService"]
+
+
+@pytest.mark.security
+def test_children_of_a_deleted_and_recreated_model_deployment_are_adopted(api):
+    op.reconcile_one(applied(api))
+    old_uid = api.objects[("ModelDeployment", "ml", "digits")]["metadata"]["uid"]
+    md = _recreated(api)
+    assert md["metadata"]["uid"] != old_uid
+    op.reconcile_one(md)  # no PermanentError
+    for kind, child in _children(api).items():
+        assert child is not None, kind
+        assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == ["uid-digits-2"], kind
+    ready = md_status(api)["conditions"][0]
+    assert ready["reason"] != "NameConflict"
+
+
+@pytest.mark.security
+def test_a_stale_rayservice_alone_still_gets_its_policy_and_pdb(api):
+    """The garbage collector removed the old NetworkPolicy and PDB but not yet the RayService:
+    the new ModelDeployment's Ray pods must not run a moment without them."""
+    op.reconcile_one(applied(api))
+    del api.objects[("NetworkPolicy", "ml", "digits")]
+    del api.objects[("PodDisruptionBudget", "ml", "digits-head")]
+    md = _recreated(api)
+    api.calls.clear()
+    op.reconcile_one(md)
+    writes = [(c[0], c[1]) for c in api.writes() if c[1] != "ModelDeployment"]
+    assert writes[-1] == ("patch", "RayService")  # adopted last, after its protections
+    assert {w[1] for w in writes[:-1]} == {"NetworkPolicy", "PodDisruptionBudget"}
+    for kind, child in _children(api).items():
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-digits-2", kind
+
+
+@pytest.mark.security
+def test_a_child_removed_by_the_garbage_collector_mid_adoption_is_retried(api, monkeypatch):
+    op.reconcile_one(applied(api))
+    md = _recreated(api)
+    real_patch = api.patch
+
+    def collected(kind, namespace, name, patch, **kw):  # the GC wins the race for this one
+        if kind == "NetworkPolicy":
+            api.objects.pop((kind, namespace, name), None)
+        return real_patch(kind, namespace, name, patch, **kw)
+
+    monkeypatch.setattr(api, "patch", collected)
+    with pytest.raises(kopf.TemporaryError):
+        op.reconcile_one(md)
+    monkeypatch.setattr(api, "patch", real_patch)
+    op.reconcile_one(md)  # kopf's retry
+    assert all(c is not None for c in _children(api).values())
+
+
+def _watchers() -> dict[str, Any]:
+    registry = kopf.get_default_registry()
+    return {h.selector.any_name: h for h in registry._watching.get_all_handlers()}
+
+
+@pytest.mark.security
+def test_owned_network_policies_and_pdbs_are_watched():
+    watchers = _watchers()
+    for plural, group in (("networkpolicies", "networking.k8s.io"),
+                          ("poddisruptionbudgets", "policy")):  # fmt: skip
+        handler = watchers[plural]
+        assert handler.fn is op.owned_child_changed
+        assert handler.selector.group == group
+
+
+@pytest.mark.security
+def test_a_deleted_network_policy_is_recreated(api):
+    op.reconcile_one(applied(api))
+    policy = api.objects.pop(("NetworkPolicy", "ml", "digits"))
+    op.owned_child_changed(event={"type": "DELETED"}, body=policy)
+    restored = api.objects[("NetworkPolicy", "ml", "digits")]
+    assert restored["spec"] == policy["spec"]
+    assert restored["metadata"]["ownerReferences"] == policy["metadata"]["ownerReferences"]
+
+
+@pytest.mark.security
+def test_an_edited_pdb_is_restored(api):
+    op.reconcile_one(applied(api))
+    want = copy.deepcopy(api.objects[("PodDisruptionBudget", "ml", "digits-head")]["spec"])
+    edited = api.patch("PodDisruptionBudget", "ml", "digits-head", {"spec": {"minAvailable": 0}})
+    op.owned_child_changed(event={"type": "MODIFIED"}, body=edited)
+    assert api.objects[("PodDisruptionBudget", "ml", "digits-head")]["spec"] == want
+    # An event for a child that matches its spec writes nothing.
+    api.calls.clear()
+    op.owned_child_changed(
+        event={"type": "MODIFIED"}, body=api.get("PodDisruptionBudget", "ml", "digits-head")
+    )
+    assert api.writes() == []
+
+
+@pytest.mark.security
+def test_a_network_policy_stripped_of_its_owner_label_is_still_repaired(api):
+    """The watch follows ownerReferences, not the label a hand edit can remove."""
+    op.reconcile_one(applied(api))
+    edited = api.patch(
+        "NetworkPolicy", "ml", "digits",
+        {"metadata": {"labels": {reconcile.OWNER_LABEL: None}}, "spec": {"ingress": []}},
+    )  # fmt: skip
+    op.owned_child_changed(event={"type": "MODIFIED"}, body=edited)
+    policy = api.objects[("NetworkPolicy", "ml", "digits")]
+    assert policy["metadata"]["labels"][reconcile.OWNER_LABEL] == "digits"
+    assert policy["spec"]["ingress"]
+
+
+def test_an_autoscaled_deployment_as_the_api_server_stores_it_reconciles(api):
+    """The CRD defaults replicas to 1, so an autoscaled ModelDeployment comes back with
+    `replicas: 1` next to `autoscaling`; that is the default, not a second scaling mode."""
+    md = applied(api, replicas=1, autoscaling={"minReplicas": 1, "maxReplicas": 3})
+    op.reconcile_one(md)
+    (service,) = [o for k, o in api.objects.items() if k[0] == "RayService"]
+    (target,) = targets(service["spec"]["serveConfigV2"])
+    assert target.replicas is None  # Serve autoscaling picks the count

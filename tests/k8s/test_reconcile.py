@@ -123,7 +123,8 @@ def test_kubernetes_metadata_stays_out_of_the_serve_config():
     [
         (lambda d: d["spec"]["source"].update(sweep="s"), "set exactly one of checkpoint, run"),
         (
-            lambda d: d["spec"].update(autoscaling={"maxReplicas": 2}),
+            # replicas: 1 next to autoscaling is the CRD's default (see reconcile.parse)
+            lambda d: d["spec"].update(replicas=2, autoscaling={"maxReplicas": 2}),
             "set replicas or autoscaling, not both",
         ),
         (lambda d: d["spec"].update(replicaz=2), "spec.replicaz: unknown field"),
@@ -150,12 +151,12 @@ def _cluster_after(service: dict[str, Any], patch: dict[str, Any]) -> dict[str, 
 def test_creates_what_is_missing():
     desired = reconcile.desired_objects(md())
     actions = reconcile.plan(md(), desired, {})
-    assert [(a.verb, a.kind) for a in actions] == [
-        ("create", "RayService"),
+    assert [(a.verb, a.kind) for a in actions] == [  # the RayService after its protections
         ("create", "NetworkPolicy"),
         ("create", "PodDisruptionBudget"),
+        ("create", "RayService"),
     ]
-    assert actions[0].body is desired[0]
+    assert actions[2].body is desired[0]
 
 
 def test_nothing_to_do_when_live_objects_match_even_with_server_defaults():

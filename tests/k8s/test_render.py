@@ -59,6 +59,8 @@ def test_security_matches_the_chart():
     objects = objects_for()
     security.assert_auth_on(objects)
     assert security.assert_containers_hardened(objects) == 3  # head, workers, submitter
+    security.assert_read_only_root(objects)
+    security.assert_no_api_token_in_ray_containers(objects)
     security.assert_no_host_access(objects)
     security.assert_no_secret_data(objects)
     security.assert_network_policy(objects)
@@ -190,7 +192,10 @@ def test_cli_writes_stdout_or_a_file(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([DIGITS, "--set", "metadata.name=9digits"], "can't name a RayJob"),
+        (
+            [DIGITS, "--set", "metadata.name=9digits"],
+            "metadata.name: '9digits' is not a valid name",
+        ),
         ([DIGITS, "--set", f"metadata.name={'a' * 48}"], "at most 47 characters"),
         ([DIGITS, "--set", "spec.scaling.numWorkers=zero"], "spec.scaling.numWorkers"),
         (["jobs/nope.yaml"], "no such spec file"),

@@ -98,6 +98,57 @@ runAsUser: {{ .Values.podSecurity.runAsUser }}
 runAsGroup: {{ .Values.podSecurity.runAsGroup }}
 seccompProfile:
   type: RuntimeDefault
+readOnlyRootFilesystem: true
+{{- end }}
+
+{{/*
+Where containers with a read-only root filesystem write (pods.py TMP and HOME): /tmp, and a
+HOME below /home/ray, where the rayproject/ray image keeps its Python (an emptyDir on
+/home/ray itself would hide it). Ray's own temp dir (/tmp/ray) is the ray-tmp volume.
+*/}}
+{{- define "rayfleet.home" -}}
+/home/ray/work
+{{- end }}
+
+{{- define "rayfleet.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: {{ include "rayfleet.home" . }}
+{{- end }}
+
+{{- define "rayfleet.scratchVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: home
+  emptyDir: {}
+{{- end }}
+
+{{/*
+The Kubernetes API credential of the autoscaler sidecar alone: the standard kube-api-access
+layout (a bound, expiring token, the cluster CA, the namespace), as a volume of the head pod
+that only autoscalerOptions.volumeMounts mounts. The pod itself turns automounting off, so
+the Ray container, where job drivers and Serve replicas run, has no token.
+*/}}
+{{- define "rayfleet.apiTokenVolume" -}}
+- name: kube-api-access
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: 3607
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                apiVersion: v1
+                fieldPath: metadata.namespace
 {{- end }}
 
 {{/* Storage settings as env: the same variables the rayfleet CLI reads locally. */}}
@@ -120,8 +171,9 @@ seccompProfile:
 
 {{/*
 A Ray pod template: (dict "root" $ "cluster" NAME "group" VALUES "component" ray-head|ray-worker
-"head" BOOL "serve" BOOL). Storage env on the Ray container, hardened, logs and /dev/shm on
-emptyDirs, the token injected by KubeRay from authOptions.
+"head" BOOL "serve" BOOL "serveToken" SECRET). Storage env on the Ray container, hardened,
+logs and /dev/shm on emptyDirs, the Ray token injected by KubeRay from authOptions, the Serve
+token (when serveToken names a Secret) as RAYFLEET_SERVE_TOKEN.
 */}}
 {{- define "rayfleet.rayPod" -}}
 {{- $root := .root }}
@@ -137,8 +189,9 @@ metadata:
   {{- end }}
 spec:
   serviceAccountName: {{ include "rayfleet.serviceAccountName" $root }}
-  {{- /* Only the head's autoscaler sidecar calls the Kubernetes API. */}}
-  automountServiceAccountToken: {{ and .head $root.Values.autoscaling.enabled }}
+  {{- /* No Ray container gets an API token; the autoscaler sidecar mounts its own
+  (rayfleet.apiTokenVolume). */}}
+  automountServiceAccountToken: false
   securityContext:
     {{- include "rayfleet.podSecurityContext" $root | nindent 4 }}
   {{- with $root.Values.imagePullSecrets }}
@@ -163,17 +216,24 @@ spec:
     - name: {{ .component }}
       image: {{ include "rayfleet.image" (dict "root" $root "gpu" (gt $gpus 0)) }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-      {{- $env := include "rayfleet.storageEnv" $root }}
-      {{- if or $env $g.env }}
+      workingDir: {{ include "rayfleet.home" $root }}
       env:
-        {{- with $env }}
+        - name: HOME
+          value: {{ include "rayfleet.home" $root }}
+        {{- with include "rayfleet.storageEnv" $root }}
         {{- . | nindent 8 }}
         {{- end }}
         {{- range $name, $value := $g.env }}
         - name: {{ $name }}
           value: {{ $value | quote }}
         {{- end }}
-      {{- end }}
+        {{- with .serveToken }}
+        - name: RAYFLEET_SERVE_TOKEN
+          valueFrom:
+            secretKeyRef:
+              name: {{ . }}
+              key: token
+        {{- end }}
       {{- with $root.Values.storage.existingSecret }}
       envFrom:
         - secretRef:
@@ -211,6 +271,7 @@ spec:
           mountPath: /tmp/ray
         - name: shm
           mountPath: /dev/shm
+        {{- include "rayfleet.scratchMounts" $root | nindent 8 }}
   volumes:
     - name: ray-tmp
       emptyDir: {}
@@ -218,16 +279,21 @@ spec:
       emptyDir:
         medium: Memory
         sizeLimit: {{ $g.shmSize }}
+    {{- include "rayfleet.scratchVolumes" $root | nindent 4 }}
+    {{- if and .head $root.Values.autoscaling.enabled }}
+    {{- include "rayfleet.apiTokenVolume" $root | nindent 4 }}
+    {{- end }}
 {{- end }}
 
 {{/*
 A RayClusterSpec (RayCluster.spec, RayService.spec.rayClusterConfig):
-(dict "root" $ "cluster" NAME "groups" WORKER_GROUPS "serve" BOOL).
+(dict "root" $ "cluster" NAME "groups" WORKER_GROUPS "serve" BOOL "serveToken" SECRET).
 */}}
 {{- define "rayfleet.clusterSpec" -}}
 {{- $root := .root }}
 {{- $cluster := .cluster }}
-{{- $serve := .serve -}}
+{{- $serve := .serve }}
+{{- $token := .serveToken -}}
 rayVersion: {{ $root.Values.rayVersion | quote }}
 enableInTreeAutoscaling: {{ $root.Values.autoscaling.enabled }}
 {{- with $root.Values.autoscaling }}
@@ -240,6 +306,18 @@ autoscalerOptions:
     {{- toYaml .resources | nindent 4 }}
   securityContext:
     {{- include "rayfleet.containerSecurityContext" $root | nindent 4 }}
+  env:
+    - name: HOME
+      value: {{ include "rayfleet.home" $root }}
+  # KubeRay appends these to the sidecar it injects: the head's /tmp/ray (shared, so the
+  # autoscaler's events reach the Ray logs), scratch space, and the only API token in the pod.
+  volumeMounts:
+    - name: ray-tmp
+      mountPath: /tmp/ray
+    {{- include "rayfleet.scratchMounts" $root | nindent 4 }}
+    - name: kube-api-access
+      mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+      readOnly: true
 {{- end }}
 {{- end }}
 authOptions:
@@ -259,7 +337,7 @@ headGroupSpec:
     {{- else }} {}
     {{- end }}
   template:
-    {{- include "rayfleet.rayPod" (dict "root" $root "cluster" $cluster "group" $root.Values.head "component" "ray-head" "head" true "serve" $serve) | nindent 4 }}
+    {{- include "rayfleet.rayPod" (dict "root" $root "cluster" $cluster "group" $root.Values.head "component" "ray-head" "head" true "serve" $serve "serveToken" $token) | nindent 4 }}
 workerGroupSpecs:
 {{- range $name, $g := .groups }}
 {{- if $g.enabled }}
@@ -276,7 +354,7 @@ workerGroupSpecs:
       {{- else }} {}
       {{- end }}
     template:
-      {{- include "rayfleet.rayPod" (dict "root" $root "cluster" $cluster "group" $g "component" "ray-worker" "head" false "serve" $serve) | nindent 6 }}
+      {{- include "rayfleet.rayPod" (dict "root" $root "cluster" $cluster "group" $g "component" "ray-worker" "head" false "serve" $serve "serveToken" $token) | nindent 6 }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -413,6 +491,9 @@ changes them in place without restarting replicas.
 {{- end }}
 {{- $batching := dict "maxBatchSize" $s.batching.maxBatchSize "batchWaitTimeoutS" $s.batching.batchWaitTimeoutS }}
 {{- $spec := dict "source" $s.source "batching" $batching "cpusPerReplica" $s.cpusPerReplica "gpusPerReplica" $s.gpusPerReplica "maxRequestBytes" $s.maxRequestBytes "routePrefix" $s.routePrefix }}
+{{- with $s.auth.tokenSecretName }}
+{{- $_ := set $spec "auth" (dict "tokenSecretName" .) }}
+{{- end }}
 {{- $doc := dict "apiVersion" "rayfleet.io/v1alpha1" "kind" "ModelDeployment" "metadata" (dict "name" $s.name) "spec" $spec }}
 {{- $actor := dict "num_cpus" $s.cpusPerReplica "num_gpus" $s.gpusPerReplica }}
 {{- /* max_ongoing_requests is left to the builder, which derives it from the spec (as
@@ -470,9 +551,17 @@ spec:
         - |
           {{- .script | nindent 10 }}
       env:
+        - name: HOME
+          value: /tmp
         {{- .env | nindent 8 }}
       resources:
         {{- toYaml $root.Values.tests.resources | nindent 8 }}
       securityContext:
         {{- include "rayfleet.containerSecurityContext" $root | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: tmp
+      emptyDir: {}
 {{- end }}

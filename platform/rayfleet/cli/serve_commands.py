@@ -9,6 +9,13 @@ unverified checkpoint exits 2 in seconds), then:
 - with a `rayfleet serve` already running here (or RAY_ADDRESS pointing at a cluster): updates
   that instance in place and returns. So `rayfleet serve SPEC --replicas 3` in a second
   terminal rescales the running model without dropping requests.
+
+With `spec.auth`, the replicas require a bearer token, which they read from
+RAYFLEET_SERVE_TOKEN in their environment. The embedded Ray this command starts inherits this
+process's environment, so the token comes from RAYFLEET_SERVE_TOKEN or --token-file (exported
+to the embedded Ray, never into the Serve config, the state file or the output); without one
+it refuses to start. Replicas on a running instance or cluster use that instance's token.
+`rayfleet predict` sends the token from --token-file or RAYFLEET_SERVE_TOKEN.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ from rayfleet.errors import BadInputError, SpecError
 
 URL_ENV = "RAYFLEET_SERVE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
+TokenFileOption = typer.Option(
+    None,
+    "--token-file",
+    help="File holding the bearer token (spec.auth); default $RAYFLEET_SERVE_TOKEN.",
+)
 
 
 # ----------------------------------------------------------------------------------- serve
@@ -48,13 +60,17 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535, help="HTTP port when this starts Serve."),
     timeout: float = typer.Option(300.0, help="Seconds to wait for replicas to be running."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and replica logs."),
+    token_file: str | None = TokenFileOption,
 ) -> None:
     """Serve a ModelDeployment over HTTP (Open Inference Protocol); `serve status` lists them."""
     if target == "status" and not Path(target).is_file():
         return _status(verbose)
 
+    from rayfleet.serve.auth import read_token_file
     from rayfleet.serve.loading import resolve_source
     from rayfleet.specs import load_spec
+
+    token = read_token_file(token_file) if token_file else None
 
     deployment = load_spec(target, overrides or [], expect="ModelDeployment")
     if replicas is not None:
@@ -76,7 +92,13 @@ def serve(
 
     connected, owned = runtime.attach(verbose=verbose)
     if connected:
+        if token_file:
+            _note(
+                "--token-file is used when this command starts Serve; the running instance's "
+                "replicas check the token in their own environment"
+            )
         try:
+            _pin(deployment, resolved)
             result = runtime.deploy(
                 deployment, resolved, host=host, port=port, timeout_s=timeout, notify=_note
             )
@@ -91,12 +113,40 @@ def serve(
             highlight=False,
         )
         return
+    _export_token(deployment, token)
     _check_port(host, port)
+    _pin(deployment, resolved)
     _serve_foreground(target, deployment, resolved, host, port, timeout, verbose)
 
 
 def _note(message: str) -> None:
     console.print(f"[cyan]{message}[/]", highlight=False)
+
+
+def _export_token(deployment, token: str | None) -> None:
+    """Hand the replicas of the Ray this process starts their token: through the environment
+    they inherit (see `rayfleet.serve.auth` for why nothing else carries it)."""
+    from rayfleet.serve.auth import TOKEN_ENV, ServeAuthError, check_token
+
+    if token is None and os.environ.get(TOKEN_ENV, "").strip() and deployment.spec.auth:
+        token = check_token(os.environ[TOKEN_ENV], f"${TOKEN_ENV}")
+    if token is None and deployment.spec.auth is not None:
+        raise ServeAuthError(
+            f"{deployment.name}: spec.auth is on but no token was given; set {TOKEN_ENV} or "
+            "pass --token-file FILE (the token clients must send; generate one with "
+            "`openssl rand -hex 32`)"
+        )
+    if token is not None:
+        os.environ[TOKEN_ENV] = token
+
+
+def _pin(deployment, resolved) -> None:
+    """Pin the checkpoint before deploying it, so pruning its run never deletes it."""
+    from rayfleet.serve.loading import pin_checkpoint
+
+    warning = pin_checkpoint(deployment, resolved.uri)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -126,12 +176,14 @@ def _serve_foreground(target, deployment, resolved, host, port, timeout, verbose
         runtime.write_local_state(base)
         name = result.model_name
         url_arg = "" if result.url == base else f" --url {result.url}"
+        auth = "  (sends $RAYFLEET_SERVE_TOKEN)" if deployment.spec.auth else ""
+        curl_auth = ' -H "Authorization: Bearer $RAYFLEET_SERVE_TOKEN"' if auth else ""
         console.print(
             f"[green]serving[/] {name} at {result.url} ({result.replicas} replica(s), "
             f"ready in {result.elapsed_s:.1f}s)\n"
             f"  try:    rayfleet predict {name} --input examples.json{url_arg}"
-            "   (or --input - for stdin)\n"
-            f"          curl {result.url}/v2/models/{name}\n"
+            f"   (or --input - for stdin){auth}\n"
+            f"          curl{curl_auth} {result.url}/v2/models/{name}\n"
             f"  scale:  rayfleet serve {target} --replicas 2\n"
             "  status: rayfleet serve status\n"
             "Ctrl-C stops serving.",
@@ -218,13 +270,16 @@ def predict(
     retries: int = typer.Option(5, min=0, help="Retries on connection errors and 503."),
     timeout: float = typer.Option(30.0, min=0.1, help="Seconds per attempt."),
     raw: bool = typer.Option(False, "--json", help="Print the raw OIP response."),
+    token_file: str | None = TokenFileOption,
 ) -> None:
     """Classify examples with a served model (retries with backoff while it is unavailable)."""
+    from rayfleet.serve.auth import client_token
     from rayfleet.serve.client import PredictClient, output
     from rayfleet.serve.protocol import build_request
 
+    token = client_token(token_file) or ""
     payload = _read_input(input_path)
-    with PredictClient(resolve_url(url), retries=retries, timeout_s=timeout) as client:
+    with PredictClient(resolve_url(url), retries=retries, timeout_s=timeout, token=token) as client:
         if isinstance(payload, dict):
             body = payload
         else:

@@ -37,6 +37,9 @@ class Layout:
     spec_config_map: str | None = None
     spec_files: tuple[str, ...] = ()
     serve: bool = False
+    serve_token_secret: str | None = None
+    """A Secret whose key `token` the Serve replicas require as a bearer token
+    (ModelDeployment `spec.auth.tokenSecretName`), set as RAYFLEET_SERVE_TOKEN."""
 
 
 def auth_options(options: RenderOptions) -> dict[str, Any]:
@@ -44,6 +47,15 @@ def auth_options(options: RenderOptions) -> dict[str, Any]:
     if options.auth_secret:
         auth["secretName"] = options.auth_secret
     return auth
+
+
+def serve_token_env(layout: Layout) -> list[dict[str, Any]]:
+    """The Serve token from its Secret (never a literal), on every Ray container: replicas
+    may land on the head or any worker."""
+    if not layout.serve_token_secret:
+        return []
+    ref = {"name": layout.serve_token_secret, "key": "token"}
+    return [{"name": pods.SERVE_TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}}]
 
 
 def image_for(options: RenderOptions, gpu: bool) -> str:
@@ -73,6 +85,8 @@ def pod_template(
         "name": container,
         "image": image_for(options, gpu),
         "imagePullPolicy": "IfNotPresent",
+        "workingDir": pods.HOME,
+        "env": pods.home_env() + serve_token_env(layout),
         "envFrom": env_from,
     }
     if head:
@@ -88,7 +102,8 @@ def pod_template(
     }
     spec: dict[str, Any] = {
         "serviceAccountName": options.service_account,
-        # Nothing in a fixed-size job cluster calls the Kubernetes API (no autoscaler).
+        # No Ray container gets a Kubernetes API token: job drivers and Serve replicas run
+        # here, and nothing in a fixed-size cluster calls the API (no autoscaler).
         "automountServiceAccountToken": False,
         "securityContext": pods.pod_security_context(),
         "containers": [ray_container],

@@ -4,18 +4,26 @@ The CRD's `spec` schema is the pydantic JSON Schema of `ModelDeploymentSpec` (wh
 serve` reads), rewritten into the structural OpenAPI v3.0 subset Kubernetes accepts: `$ref`s
 inlined, `Optional[X]` as a plain optional `X` (a null is pruned by the API server rather
 than stored), no titles or defaults (pydantic fills defaults when the operator parses the
-object, so a stored resource never pins an old default), `exclusiveMinimum` in its v3.0
-boolean form. Anything else the rewrite does not understand raises, so a model change that
+object, so a stored resource never pins an old default) but one, `exclusiveMinimum` in its
+v3.0 boolean form. Anything else the rewrite does not understand raises, so a model change that
 Kubernetes could not express fails the generator and its test, not a cluster.
 
 Unknown fields: a structural schema may not say `additionalProperties: false` next to
 `properties`; the API server drops unknown fields, and kubectl (1.27+, `--validate=strict`,
-its default) refuses them with server-side field validation. Cross-field rules (exactly one
-source, replicas or autoscaling) stay in pydantic: the operator reports a violation in the
-resource's `Ready` condition.
+its default) refuses them with server-side field validation.
+
+Cross-field rules the models check in validators (exactly one source; replicas or
+autoscaling; minReplicas <= maxReplicas) are also CEL rules (`x-kubernetes-validations`),
+built here from the models' fields and defaults, so the API server refuses an object the
+operator could not reconcile (a `kubectl scale` of an autoscaled deployment fails at once,
+with the rule's message, instead of turning its Ready condition False).
 
 The scale subresource maps `kubectl scale` and HPA onto `.spec.replicas`; `.status.replicas`
-and `.status.selector` (the Ray worker pods) are filled by the operator.
+and `.status.selector` (the Ray worker pods) are filled by the operator. `replicas` is the one
+field with a schema default (1, what the models take when it is unset): the scale
+subresource reads a missing `.spec.replicas` as 0, so HPA would see a running deployment as
+scaled to zero. Under autoscaling the API server stores that default too; the rule allows
+exactly that value there, and the operator ignores it (`reconcile.parse`).
 
     python -m rayfleet.k8s.crd            # rewrite the checked-in copies (chart and manifests)
     python -m rayfleet.k8s.crd --check    # exit 1 when a copy is stale
@@ -31,7 +39,7 @@ from typing import Any
 
 from rayfleet.k8s.kinds import _DNS1035, MAX_RAYJOB_NAME
 from rayfleet.specs.base import API_VERSION
-from rayfleet.specs.serve import ModelDeploymentSpec
+from rayfleet.specs.serve import AutoscalingSpec, ModelDeploymentSpec, SourceSpec
 
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "ModelDeployment"
@@ -66,6 +74,7 @@ _KEEP = {
 }
 _DROP = {"title", "default", "$schema", "examples"}
 DNS1035_PATTERN = _DNS1035.pattern  # what `rayfleet render` checks names against
+REPLICAS_DEFAULT = 1  # ModelDeployment.num_replicas when spec.replicas is unset
 
 
 class SchemaError(ValueError):
@@ -134,14 +143,70 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return first | rest | last
 
 
+def _alias(model: type, field: str) -> str:
+    return model.model_fields[field].alias or field
+
+
+def _or_default(model: type, field: str) -> str:
+    """CEL for a field's value with the model's default when it is unset."""
+    name = _alias(model, field)
+    default = model.model_fields[field].default
+    if not isinstance(default, int) or isinstance(default, bool):
+        raise SchemaError(f"{model.__name__}.{field}: no integer default for a CEL rule")
+    return f"(has(self.{name}) ? self.{name} : {default})"
+
+
+def _rule(rule: str, message: str) -> dict[str, str]:
+    return {"rule": rule, "message": message}
+
+
+def validations() -> dict[str, list[dict[str, str]]]:
+    """CEL rules by where they sit in the spec schema ("" is spec itself), mirroring the
+    models' cross-field validators with the models' field names and defaults."""
+    sources = [_alias(SourceSpec, f) for f in SourceSpec.model_fields]
+    one_source = " + ".join(f"(has(self.{k}) ? 1 : 0)" for k in sources) + " == 1"
+    replicas = _alias(ModelDeploymentSpec, "replicas")
+    autoscaling = _alias(ModelDeploymentSpec, "autoscaling")
+    low = _or_default(AutoscalingSpec, "min_replicas")
+    high = _or_default(AutoscalingSpec, "max_replicas")
+    low_name = _alias(AutoscalingSpec, "min_replicas")
+    high_name = _alias(AutoscalingSpec, "max_replicas")
+    return {
+        "": [
+            _rule(
+                f"!has(self.{autoscaling}) || !has(self.{replicas}) "
+                f"|| self.{replicas} == {REPLICAS_DEFAULT}",
+                f"set {replicas} or {autoscaling}, not both (remove spec.{autoscaling} "
+                f"to scale by hand)",
+            )
+        ],
+        "source": [
+            _rule(one_source, f"source: set exactly one of {', '.join(sources)}"),
+        ],
+        "autoscaling": [
+            _rule(
+                f"{low} <= {high}",
+                f"autoscaling: {low_name} must not be above {high_name} "
+                f"(defaults {AutoscalingSpec.model_fields['min_replicas'].default} and "
+                f"{AutoscalingSpec.model_fields['max_replicas'].default})",
+            )
+        ],
+    }
+
+
 def spec_schema() -> dict[str, Any]:
-    """`ModelDeploymentSpec`'s JSON Schema (camelCase) as a structural CRD schema."""
+    """`ModelDeploymentSpec`'s JSON Schema (camelCase) as a structural CRD schema, with the
+    models' cross-field rules in CEL and the replicas default (see the module doc)."""
     raw = ModelDeploymentSpec.model_json_schema(by_alias=True)
     schema = structural(raw, raw.get("$defs", {}))
     schema["description"] = (
         "What `rayfleet serve` reads: the model source, storage, replicas or autoscaling, "
         "batching and per-replica resources (see `rayfleet schema ModelDeployment`)."
     )
+    schema["properties"][_alias(ModelDeploymentSpec, "replicas")]["default"] = REPLICAS_DEFAULT
+    for where, rules in validations().items():
+        node = schema["properties"][where] if where else schema
+        node["x-kubernetes-validations"] = rules
     return schema
 
 

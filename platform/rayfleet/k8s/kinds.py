@@ -114,7 +114,13 @@ def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[
         gpus=spec.gpus_per_replica,
         memory=options.worker_memory,
     )
-    layout = Layout(name=name, kind=deployment.kind, groups=(group,), serve=True)
+    layout = Layout(
+        name=name,
+        kind=deployment.kind,
+        groups=(group,),
+        serve=True,
+        serve_token_secret=spec.auth.token_secret_name if spec.auth else None,
+    )
     config = {"applications": [application_config(deployment)]}
     service = {
         "apiVersion": "ray.io/v1",

@@ -7,18 +7,26 @@ Built on kopf; the handlers only move data between the API server and the pure f
 `reconcile` (what to create or patch, what the status says):
 
 - a ModelDeployment is created, resumed (operator start) or changed (`kubectl apply`,
-  `kubectl scale`, HPA) -> its RayService, NetworkPolicy and head PodDisruptionBudget are
-  created or merge-patched (guarded by resourceVersion), then its status is written;
+  `kubectl scale`, HPA) -> its NetworkPolicy and head PodDisruptionBudget, then its
+  RayService, are created or merge-patched (guarded by resourceVersion), then its status is
+  written. Children still owned by a deleted ModelDeployment of the same name (deleted and
+  re-created before the garbage collector got to them) are adopted, not refused;
 - a RayService it owns changes (KubeRay writes its status) -> the owner's status follows;
-  one that was deleted by hand is recreated.
+  one that was deleted by hand is recreated;
+- a NetworkPolicy or PodDisruptionBudget it owns is deleted or edited -> the owner is
+  reconciled, which recreates or restores it. These watches follow ownerReferences, not the
+  owner label, which a hand edit could remove.
 
 Deletion needs no handler: the owned objects carry an ownerReference, so Kubernetes' garbage
 collector removes them, and no finalizer can leave a ModelDeployment stuck when the operator
 is gone. kopf runs standalone (no peering objects) with resource scanning off (no watch on
 CRDs or namespaces) and keeps its bookkeeping in `operator.rayfleet.io/*` annotations, so the
 RBAC it needs is just: modeldeployments get/list/watch/patch (+ status patch), rayservices
-get/list/watch/create/patch, networkpolicies and poddisruptionbudgets get/create/patch,
-events create. Run one replica: without peering, two would both write.
+get/list/watch/create/patch, networkpolicies and poddisruptionbudgets get/list/watch/create/
+patch, modeldeployments/finalizers update (the children's ownerReferences set
+blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement admission plugin allows
+only to whoever may update the owner's finalizers), events create. Run one replica: without
+peering, two would both write.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ import kopf
 
 from rayfleet.errors import BadInputError
 from rayfleet.k8s import crd, reconcile
-from rayfleet.k8s.client import Cluster, ConflictError
+from rayfleet.k8s.client import Cluster, ConflictError, NotFoundError
 from rayfleet.k8s.options import RenderOptions
 
 ANNOTATION_PREFIX = "operator.rayfleet.io"
 RAY_SERVICES = ("ray.io", "v1", "rayservices")
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
+PDBS = ("policy", "v1", "poddisruptionbudgets")
 MODEL_DEPLOYMENTS = (crd.GROUP, crd.VERSION, crd.PLURAL)
 
 log = logging.getLogger("rayfleet.operator")
@@ -120,11 +130,14 @@ def reconcile_one(md: dict[str, Any]) -> dict[str, Any] | None:
                 out = cluster.patch(action.kind, namespace, action.name, action.body)
         except ConflictError as exc:
             raise kopf.TemporaryError(str(exc), delay=2) from None
+        except NotFoundError as exc:  # the garbage collector took a child we were adopting
+            raise kopf.TemporaryError(str(exc), delay=2) from None
         if action.kind == "RayService":
             ray_service = out
         what = _describe(action)
         log.info("%s/%s: %s", namespace, meta["name"], what)
-        _post(md, "Normal", "Created" if action.verb == "create" else "Updated", what)
+        reason = {"create": "Created", "adopt": "Adopted"}.get(action.verb, "Updated")
+        _post(md, "Normal", reason, what)
     _write_status(md, reconcile.status(md, ray_service))
     return ray_service
 
@@ -162,6 +175,30 @@ def ray_service_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None
     except BadInputError:
         return  # the owner's spec is invalid; its own handler reports that
     _write_status(md, new)
+
+
+def _has_owner(body: kopf.Body, **_: Any) -> bool:
+    return reconcile.owner_of(_plain(body)) is not None
+
+
+@kopf.on.event(*NETWORK_POLICIES, when=_has_owner)
+@kopf.on.event(*PDBS, when=_has_owner)
+def owned_child_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A NetworkPolicy or head PDB we own was deleted or edited: reconcile its owner, which
+    recreates it or patches it back (and writes nothing when it still matches)."""
+    child = _plain(body)
+    owner = reconcile.owner_of(child)
+    namespace = child["metadata"].get("namespace")
+    if owner is None or namespace is None:
+        return
+    md = _State.client().get(crd.KIND, namespace, owner)
+    if md is None or md["metadata"].get("deletionTimestamp"):
+        return  # the garbage collector is taking the rest
+    try:
+        reconcile_one(md)
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        # Reported on the ModelDeployment already; its own handler retries.
+        log.warning("%s/%s: %s", namespace, owner, exc)
 
 
 def _plain(body: Any) -> dict[str, Any]:

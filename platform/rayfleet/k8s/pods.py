@@ -22,6 +22,9 @@ RUN_AS_GROUP = 100
 # Ray's control-plane ports on the head: GCS, dashboard + Jobs API, Ray Client.
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 SERVE_PORT = 8000
+# What Serve replicas read their bearer token from (rayfleet.serve.auth.TOKEN_ENV; tests/k8s
+# holds the two equal without this module importing the serving code).
+SERVE_TOKEN_ENV = "RAYFLEET_SERVE_TOKEN"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -35,6 +38,14 @@ KIND_LABEL = "rayfleet.io/kind"
 
 SPEC_MOUNT = "/etc/rayfleet/job"
 RAY_TMP = "/tmp/ray"
+# Every container runs with a read-only root filesystem; these are where Ray writes. /tmp/ray:
+# sessions, logs, sockets, runtime_env working dirs and pip envs. /tmp: Python's tempfile and
+# whatever libraries put there. HOME: ~/.cache (pip, torch hub, Hugging Face), ~/.config,
+# ~/ray_results, rayfleet's local store. The rayproject/ray image keeps Python itself under
+# /home/ray (anaconda3), so an emptyDir on /home/ray would hide it: HOME is a folder below it,
+# and the Ray container starts there (workingDir), so a driver's relative paths are writable.
+TMP = "/tmp"
+HOME = "/home/ray/work"
 
 
 def rayfleet_version() -> str:
@@ -82,6 +93,7 @@ def container_security_context() -> dict[str, Any]:
         "runAsUser": RUN_AS_USER,
         "runAsGroup": RUN_AS_GROUP,
         "seccompProfile": {"type": "RuntimeDefault"},
+        "readOnlyRootFilesystem": True,
     }
 
 
@@ -102,10 +114,12 @@ def resources(cpu: str, memory: str, gpus: float = 0) -> dict[str, Any]:
 
 
 def ray_volumes(shm_size: str) -> list[dict[str, Any]]:
-    """Ray's logs/spill directory and a bigger /dev/shm (the object store; NCCL on GPUs)."""
+    """Ray's logs/spill directory, a bigger /dev/shm (the object store; NCCL on GPUs), and the
+    writable /tmp and HOME a read-only root filesystem needs."""
     return [
         {"name": "ray-tmp", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+        *scratch_volumes(),
     ]
 
 
@@ -113,7 +127,21 @@ def ray_volume_mounts() -> list[dict[str, Any]]:
     return [
         {"name": "ray-tmp", "mountPath": RAY_TMP},
         {"name": "shm", "mountPath": "/dev/shm"},
+        *scratch_mounts(),
     ]
+
+
+def scratch_volumes() -> list[dict[str, Any]]:
+    """/tmp and HOME for a container with a read-only root filesystem."""
+    return [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+
+
+def scratch_mounts() -> list[dict[str, Any]]:
+    return [{"name": "tmp", "mountPath": TMP}, {"name": "home", "mountPath": HOME}]
+
+
+def home_env() -> list[dict[str, Any]]:
+    return [{"name": "HOME", "value": HOME}]
 
 
 def spec_volume(config_map: str) -> dict[str, Any]:

@@ -40,10 +40,13 @@ def submitter_template(layout: Layout, options: RenderOptions) -> dict[str, Any]
                     "name": SUBMITTER_CONTAINER,
                     "image": image_for(options, gpu=False),
                     "imagePullPolicy": "IfNotPresent",
+                    "env": pods.home_env(),
                     "resources": pods.resources("500m", "1Gi"),
                     "securityContext": pods.container_security_context(),
+                    "volumeMounts": pods.scratch_mounts(),
                 }
             ],
+            "volumes": pods.scratch_volumes(),
         },
     }
 

@@ -60,12 +60,20 @@ def parse(obj: dict[str, Any]) -> ModelDeployment:
 
     Only `metadata.name` is carried over: the API server's fields (uid, resourceVersion) are
     not part of the spec, and labels are Kubernetes bookkeeping that must not reach the Serve
-    application's `args` (a label edit would otherwise roll every replica)."""
+    application's `args` (a label edit would otherwise roll every replica).
+
+    The CRD defaults `spec.replicas` to 1 (for the scale subresource), so the API server
+    stores `replicas: 1` next to `autoscaling` too; its CEL rule allows exactly that, and it
+    is dropped here rather than read as a second scaling mode."""
+    spec = obj.get("spec")
+    if isinstance(spec, dict) and spec.get("autoscaling") is not None:
+        if spec.get("replicas") == crd.REPLICAS_DEFAULT:
+            spec = {k: v for k, v in spec.items() if k != "replicas"}
     doc = {
         "apiVersion": obj.get("apiVersion"),
         "kind": obj.get("kind"),
         "metadata": {"name": (obj.get("metadata") or {}).get("name")},
-        "spec": obj.get("spec"),
+        "spec": spec,
     }
     return parse_spec(doc, source=ref(obj))
 
@@ -85,6 +93,13 @@ def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
 def is_owned_by(child: dict[str, Any], owner: dict[str, Any]) -> bool:
     uid = owner["metadata"].get("uid")
     return any(r.get("uid") == uid for r in child["metadata"].get("ownerReferences") or [])
+
+
+def owned_by_predecessor(child: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """`child` is controlled by an earlier ModelDeployment of `owner`'s name (another UID):
+    one deleted and re-created before the garbage collector removed its children. Only one
+    object of a name exists at a time, so that owner is gone; the child is adopted."""
+    return owner_of(child) == owner["metadata"]["name"] and not is_owned_by(child, owner)
 
 
 def owner_of(child: dict[str, Any]) -> str | None:
@@ -249,9 +264,10 @@ def object_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] |
 @dataclass(frozen=True)
 class Action:
     """One API call: create `body`, merge-patch `body` into `kind/name` (guarded by
-    `resource_version`), or a conflict (an object of that name that isn't ours)."""
+    `resource_version`; "adopt" is a patch that also moves the ownerReference to this
+    ModelDeployment), or a conflict (an object of that name that isn't ours)."""
 
-    verb: str  # "create" | "patch" | "conflict"
+    verb: str  # "create" | "patch" | "adopt" | "conflict"
     kind: str
     name: str
     body: dict[str, Any] | None = None
@@ -266,21 +282,32 @@ def plan(
     desired: list[dict[str, Any]],
     live: dict[tuple[str, str], dict[str, Any] | None],
 ) -> list[Action]:
-    """Actions that bring `live` ({(kind, name): object or None}) to `desired`."""
+    """Actions that bring `live` ({(kind, name): object or None}) to `desired`.
+
+    The RayService comes last: its Ray pods must never run without their NetworkPolicy and
+    head PodDisruptionBudget, so a failure part-way leaves protections without pods, never
+    pods without protections. A conflict anywhere comes first, before anything is written."""
     actions = []
-    for want in desired:
+    for want in sorted(desired, key=lambda o: o["kind"] == "RayService"):
         kind, name = want["kind"], want["metadata"]["name"]
         have = live.get((kind, name))
+        rv = (have or {}).get("metadata", {}).get("resourceVersion")
         if have is None:
             actions.append(Action("create", kind, name, want))
+        elif owned_by_predecessor(have, owner):
+            patch = object_patch(have, want) or {}
+            meta = patch.setdefault("metadata", {})
+            meta["ownerReferences"] = want["metadata"]["ownerReferences"]
+            if rv is not None:
+                meta["resourceVersion"] = rv
+            actions.append(Action("adopt", kind, name, patch, rv))
         elif not is_owned_by(have, owner):
             actions.append(Action("conflict", kind, name))
         elif (patch := object_patch(have, want)) is not None:
-            rv = have["metadata"].get("resourceVersion")
             if rv is not None:
                 patch.setdefault("metadata", {})["resourceVersion"] = rv
             actions.append(Action("patch", kind, name, patch, rv))
-    return actions
+    return sorted(actions, key=lambda a: a.verb != "conflict")
 
 
 # -------------------------------------------------------------------------------- status

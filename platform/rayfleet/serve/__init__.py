@@ -5,6 +5,7 @@
     protocol    the OIP JSON tensor format: request parsing/validation, responses, metadata
     app         the FastAPI app (health, metadata, infer) over an `InferenceService`, which
                 owns the model and its dynamic batching (`@serve.batch`)
+    auth        the optional bearer-token check (spec.auth): where the token lives, and where not
     deployment  the Ray Serve deployment and application builder, and the Serve config that
                 both `rayfleet serve` and a KubeRay RayService (serveConfigV2) deploy
     runtime     deploy / scale / status / shutdown against a local or connected Serve

@@ -8,20 +8,36 @@ parsed here (not by FastAPI's validation), so malformed JSON is a 400, an oversi
 (checked from Content-Length and again while streaming), an unknown model or path a 404, a
 wrong method a 405. No input reaches a 5xx: inputs are validated before the model runs, and
 non-finite values, which JSON can't carry back, are refused.
+
+A body over OFFLOAD_BYTES is decoded and validated in a worker thread (and its response
+encoded there): parsing 1 MiB of JSON numbers takes tens of milliseconds of CPU, and on the
+event loop that would stall every other request and the health probes for as long. Under
+the GIL the loop still waits while the C JSON decoder runs, but it gets turns during the
+rest (flattening, type checks, conversion). Small bodies are parsed inline, which is cheaper
+than a thread hand-off.
+
+With a token (`spec.auth`, see `auth`), every /v2 route except the health probes wants
+`Authorization: Bearer <token>`; others get 401 with `WWW-Authenticate: Bearer`.
+
+Model metadata names the checkpoint folder (the model version) but not where it is stored:
+its URI would tell any client the bucket and layout of the team's storage. `expose_source`
+(spec.exposeSource) opts in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rayfleet.serve.auth import TOKEN_ENV, bearer_matches
 from rayfleet.serve.loading import LoadedModel
 from rayfleet.serve.protocol import (
     ProtocolError,
@@ -32,6 +48,7 @@ from rayfleet.serve.protocol import (
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "rayfleet"
+OFFLOAD_BYTES = 64 * 1024  # bodies larger than this are parsed (and answered) off the loop
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -59,9 +76,11 @@ class InferenceService:
         max_batch_size: int = 1,
         batch_wait_timeout_s: float = 0.0,
         max_request_bytes: int = 1 << 20,
+        expose_source: bool = False,
     ):
         self.model = model
         self.max_request_bytes = max_request_bytes
+        self.expose_source = expose_source
         self.max_batch_size = max_batch_size
         self.batches: list[int] = []  # recent batch sizes (requests), for tests and stats
         self._batched = None
@@ -98,18 +117,43 @@ class InferenceService:
         meta = self.model.meta
         extra = {
             "recipe": meta.get("recipe"),
-            "checkpoint": self.model.uri,
             "epoch": meta.get("epoch"),
             "metrics": meta.get("metrics", {}),
             "max_batch_size": self.max_batch_size,
         }
+        if self.expose_source:
+            extra["checkpoint"] = self.model.uri
         return model_metadata(self.model.name, self.model.version, self.model.signature, extra)
 
 
-def build_app(service: InferenceService) -> FastAPI:
-    """The OIP routes over `service`; docs are off (the protocol is the documentation)."""
+def _bearer_check(token: str | None):
+    """A route dependency that refuses requests without the bearer token (none: no check)."""
+    expected = token.encode() if token else None
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization")
+        if not bearer_matches(header, expected):
+            challenge = "Bearer" if not header else 'Bearer error="invalid_token"'
+            what = "needs a bearer token" if not header else "refused the bearer token sent"
+            raise StarletteHTTPException(
+                401,
+                f"this server {what}: send Authorization: Bearer TOKEN (rayfleet predict "
+                f"reads --token-file or ${TOKEN_ENV})",
+                headers={"WWW-Authenticate": challenge},
+            )
+
+    return Depends(check)
+
+
+def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI:
+    """The OIP routes over `service`; docs are off (the protocol is the documentation).
+
+    With `token`, every route but the health probes requires it (see `auth`)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     limit = service.max_request_bytes
+    authed = [_bearer_check(token)] if token else []
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -142,31 +186,35 @@ def build_app(service: InferenceService) -> FastAPI:
             )
         return None
 
-    @app.get("/v2")
+    @app.get("/v2", dependencies=authed)
     async def server_metadata() -> Response:
         return _json({"name": SERVER_NAME, "version": _version(), "extensions": []})
 
     @app.get("/v2/health/live")
     async def live() -> Response:
+        """Open even with auth on: kubelet and load-balancer probes send no credentials, and
+        a probe that needed the token would put it in every pod spec and probe log. Liveness
+        and readiness say nothing about the model or the data."""
         return _json({"live": True})
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
+        """Open even with auth on, for the same reason as `live`."""
         # A replica takes traffic only after its model loaded, so reaching here means ready.
         return _json({"ready": True})
 
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
+    @app.get("/v2/models/{name}", dependencies=authed)
+    @app.get("/v2/models/{name}/versions/{version}", dependencies=authed)
     async def metadata(name: str, version: str | None = None) -> Response:
         return _model_or_404(name, version) or _json(service.metadata())
 
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
+    @app.get("/v2/models/{name}/ready", dependencies=authed)
+    @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=authed)
     async def model_ready(name: str, version: str | None = None) -> Response:
         return _model_or_404(name, version) or _json({"name": name, "ready": True})
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
+    @app.post("/v2/models/{name}/infer", dependencies=authed)
+    @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=authed)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         if (missing := _model_or_404(name, version)) is not None:
             return missing
@@ -184,14 +232,27 @@ def build_app(service: InferenceService) -> FastAPI:
             if size > limit:
                 return error(413, f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+        body = b"".join(chunks)
+        large = size > OFFLOAD_BYTES
         try:
-            req = parse_infer_request(b"".join(chunks), service.model.signature)
+            if large:
+                req = await asyncio.to_thread(parse_infer_request, body, service.model.signature)
+            else:
+                req = parse_infer_request(body, service.model.signature)
         except ProtocolError as exc:
             return error(exc.status, exc.message)
+        del body, chunks
         logits = await service.infer(req.array)
-        return _json(encode_response(service.name, service.model.version, req, logits))
+        name, version = service.name, service.model.version
+        if large:  # a large request's answer is large too
+            return await asyncio.to_thread(_answer, name, version, req, logits)
+        return _answer(name, version, req, logits)
 
     return app
+
+
+def _answer(name: str, version: str, req, logits: np.ndarray) -> Response:
+    return _json(encode_response(name, version, req, logits))
 
 
 def _version() -> str:

@@ -8,8 +8,10 @@ Inference is idempotent, so a request that may not have been answered is sent ag
   replica that died with the request in flight (Serve does not retry those itself). The app
   answers every error of its own as JSON `{"error": ...}`, so its 500s (bugs) are not retried.
 
-Other 4xx are the caller's mistake and raise InferenceError at once. Backoff doubles from
-`backoff_s` up to `max_backoff_s`, with jitter, for at most `retries` retries.
+Other 4xx are the caller's mistake and raise InferenceError at once (a 401 too: a server
+with `spec.auth` wants the bearer token, which the client sends from `token`, else
+$RAYFLEET_SERVE_TOKEN). Backoff doubles from `backoff_s` up to `max_backoff_s`, with jitter,
+for at most `retries` retries.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 
 from rayfleet.errors import BadInputError, WorkFailedError
+from rayfleet.serve.auth import client_token
 
 RETRY_STATUS = {429, 502, 503, 504}
 
@@ -59,7 +62,9 @@ def _error_message(response: httpx.Response) -> str | None:
 
 
 class PredictClient:
-    """OIP calls against one server: `metadata`, `ready`, `infer`, each with retries."""
+    """OIP calls against one server: `metadata`, `ready`, `infer`, each with retries.
+
+    `token`: the bearer token to send; None reads $RAYFLEET_SERVE_TOKEN, "" sends none."""
 
     def __init__(
         self,
@@ -69,7 +74,9 @@ class PredictClient:
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
         timeout_s: float = 30.0,
+        token: str | None = None,
     ):
+        token = client_token() if token is None else token.strip()
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
@@ -79,6 +86,7 @@ class PredictClient:
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             limits=httpx.Limits(max_keepalive_connections=64, max_connections=256),
+            headers={"Authorization": f"Bearer {token}"} if token else None,
         )
 
     def close(self) -> None:

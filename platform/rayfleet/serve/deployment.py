@@ -11,22 +11,33 @@ overrides), the same document a KubeRay RayService carries in `serveConfigV2`. T
   `args` and rolls the replicas.
 
 `args` carries the spec without its scaling fields and, when the deploying process resolved
-it, the pinned checkpoint URI; on a cluster without one, the builder resolves the source.
+it, the pinned checkpoint URI; on a cluster without one, the builder resolves the source (and
+pins it, see `loading.pin_checkpoint`).
+
+With `spec.auth`, the replicas read the token from their own environment (RAYFLEET_SERVE_TOKEN,
+inherited from the Ray node): never from `args` or a runtime_env in this config, which Serve
+shows in its details and `rayfleet render` prints (see `auth`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray import serve
 
 from rayfleet.serve.app import InferenceService, build_app
-from rayfleet.serve.loading import load_model, resolve_source
+from rayfleet.serve.auth import server_token
+from rayfleet.serve.loading import load_model, pin_checkpoint, resolve_source
 from rayfleet.specs.serve import ModelDeployment
 
 DEPLOYMENT = "ModelServer"
 IMPORT_PATH = "rayfleet.serve.deployment:application"
 _SCALING_FIELDS = ("replicas", "autoscaling")
+# Switches that are off by default stay out of `args` while off, so a deployment that does not
+# use them keeps its Serve code version across an upgrade (no rolling restart) and rendered
+# manifests do not change.
+_OFF_BY_DEFAULT = ("exposeSource",)
 
 
 @serve.deployment(
@@ -44,6 +55,8 @@ class ModelServer:
     """One replica: loads the pinned checkpoint (verified, weights only) and serves the OIP app."""
 
     def __init__(self, settings: dict[str, Any]):
+        # Fail closed: with auth on and no usable token, the replica does not start at all.
+        token = server_token(f"deployment {settings['model_name']}") if settings["auth"] else None
         model = load_model(
             settings["checkpoint"],
             name=settings["model_name"],
@@ -54,10 +67,12 @@ class ModelServer:
             max_batch_size=settings["max_batch_size"],
             batch_wait_timeout_s=settings["batch_wait_timeout_s"],
             max_request_bytes=settings["max_request_bytes"],
+            expose_source=settings["expose_source"],
         )
+        self._token = token
 
     def __serve_build_asgi_app__(self):
-        return build_app(self.service)
+        return build_app(self.service, token=self._token)
 
 
 def replica_settings(deployment: ModelDeployment, checkpoint: str) -> dict[str, Any]:
@@ -70,6 +85,8 @@ def replica_settings(deployment: ModelDeployment, checkpoint: str) -> dict[str, 
         "batch_wait_timeout_s": spec.batching.batch_wait_timeout_s,
         "max_request_bytes": spec.max_request_bytes,
         "gpus": spec.gpus_per_replica,
+        "auth": spec.auth is not None,  # whether to check; the token itself is not in here
+        "expose_source": spec.expose_source,
     }
 
 
@@ -98,6 +115,9 @@ def application_config(deployment: ModelDeployment, checkpoint: str | None = Non
     doc = deployment.model_dump(mode="json", by_alias=True, exclude_none=True)
     for key in _SCALING_FIELDS:
         doc["spec"].pop(key, None)
+    for key in _OFF_BY_DEFAULT:
+        if doc["spec"].get(key) is False:
+            del doc["spec"][key]
     args: dict[str, Any] = {"spec": doc}
     if checkpoint is not None:
         args["checkpoint"] = checkpoint
@@ -126,6 +146,10 @@ def application(args: dict[str, Any]):
             f"serve application args: expected a ModelDeployment, got {deployment.kind}"
         )
     checkpoint = args.get("checkpoint") or str(resolve_source(deployment).uri)
+    if not args.get("checkpoint"):  # resolved here: pin it, as `rayfleet serve` does
+        warning = pin_checkpoint(deployment, checkpoint)
+        if warning:
+            logging.getLogger(__name__).warning(warning)
     return ModelServer.options(**deployment_options(deployment)).bind(
         replica_settings(deployment, checkpoint)
     )

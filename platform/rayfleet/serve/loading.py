@@ -10,6 +10,13 @@ Two steps, run in two places:
    recipe's model from the manifest and load the weights with `torch.load(weights_only=True)`
    so a checkpoint can carry tensors, never code.
 
+The loader opens only files the verified manifest lists. Verification checks the files the
+manifest names, so a file it does not name (a `state.pt` dropped into the folder after the
+manifest was written) would otherwise be loaded without anyone having hashed it.
+
+Whoever deploys a resolved checkpoint pins it (`pin_checkpoint`), so pruning the run it came
+from never deletes a checkpoint a replica may still have to load.
+
 A source that fails either step raises ModelLoadError: bad input (exit code 2), one line that
 names the checkpoint, what is wrong with it and what to do.
 """
@@ -25,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rayfleet.errors import BadInputError, CheckpointError
-from rayfleet.storage.checkpoints import download_verified, newest_verified, verify
+from rayfleet.errors import BadInputError, CheckpointError, StorageError
+from rayfleet.storage.checkpoints import MANIFEST, download_verified, newest_verified, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
 
@@ -127,6 +134,24 @@ def signature_from_meta(meta: dict[str, Any], where: str) -> Signature:
     return Signature(shape=shape, dtype=dtype, num_classes=classes)
 
 
+def require_listed(manifest: dict[str, Any], name: str, where: str) -> None:
+    """ModelLoadError unless the (verified) manifest lists file `name`."""
+    listed = {e.get("path") for e in manifest.get("files") or [] if isinstance(e, dict)}
+    if name not in listed:
+        raise ModelLoadError(
+            f"checkpoint {where}: {name} is not listed in its manifest, so nothing verified "
+            "it; refusing to load it. Serve a checkpoint written by `rayfleet run`"
+        )
+
+
+def _require_model_listed(uri: StorageURI) -> None:
+    try:
+        manifest = json.loads(read_bytes(filesystem_for(uri), f"{uri.fs_path}/{MANIFEST}"))
+    except (FileNotFoundError, ValueError):
+        raise ModelLoadError(f"checkpoint {uri}: its manifest can't be read") from None
+    require_listed(manifest, STATE_FILE, str(uri))
+
+
 # ------------------------------------------------------------------------------- resolving
 
 
@@ -190,7 +215,26 @@ def resolve_source(deployment: ModelDeployment) -> ResolvedSource:
         score = f" ({metric}={value:.4g})" if metric and isinstance(value, (int, float)) else ""
         via = f"sweep {source.sweep}{score}"
     signature_from_meta(meta, str(uri))  # refuse unservable models before anything starts
+    _require_model_listed(uri)
     return ResolvedSource(uri=uri, via=via, meta=meta, skipped=skipped)
+
+
+def pin_checkpoint(deployment: ModelDeployment, checkpoint: StorageURI | str) -> str | None:
+    """Pin the checkpoint a deployment serves (holder `deployment-NAME`), so pruning its run
+    never deletes it. Returns None, or a one-line warning when the pin can't be written (a
+    read-only store, say): serving goes on, but the user should know pruning may remove it."""
+    from rayfleet.storage.pins import pin
+
+    uri = parse_uri(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    try:
+        pin(filesystem_for(uri), uri.fs_path, f"deployment-{deployment.name}")
+    except (OSError, StorageError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return (
+            f"could not pin {uri} for deployment {deployment.name} ({reason}); pruning its "
+            "run may delete it while it is served"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------- loading
@@ -250,6 +294,7 @@ def load_model(
             raise ModelLoadError(f"checkpoint {uri}: not found") from None
         meta = manifest.get("meta", {})
         signature_from_meta(meta, str(uri))
+        require_listed(manifest, STATE_FILE, str(uri))
         state_path = Path(tmp) / STATE_FILE
         if not state_path.is_file():
             raise ModelLoadError(f"checkpoint {uri}: has no {STATE_FILE}; it is not servable")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfleet.errors import BadInputError, WorkFailedError
+from rayfleet.serve.auth import ServeAuthError
 from rayfleet.serve.deployment import DEPLOYMENT, application_config
 from rayfleet.serve.loading import ModelLoadError, ResolvedSource
 from rayfleet.specs.serve import ModelDeployment
@@ -168,10 +169,11 @@ def _app_status(name: str):
 
 def _failure(deployment: ModelDeployment, message: str) -> Exception:
     """The one line that says why replicas failed, from Serve's (traceback) message."""
-    marker = f"{ModelLoadError.__module__}.{ModelLoadError.__name__}: "
-    for line in message.splitlines():
-        if marker in line:
-            return ModelLoadError(line.split(marker, 1)[1].strip())
+    for kind in (ModelLoadError, ServeAuthError):
+        marker = f"{kind.__module__}.{kind.__name__}: "
+        for line in message.splitlines():
+            if marker in line:
+                return kind(line.split(marker, 1)[1].strip())
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     detail = lines[-1][:300] if lines else "no message"
     return WorkFailedError(

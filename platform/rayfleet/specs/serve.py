@@ -94,6 +94,26 @@ class BatchingSpec(SpecModel):
         return self.max_batch_size > 1
 
 
+# A Kubernetes Secret name (DNS-1123 subdomain).
+_SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class ServeAuth(SpecModel):
+    """Bearer-token check on the inference API, for clusters without an authenticating ingress.
+
+    The spec names a Secret, never the token: a spec is printed, rendered and stored in
+    places a token must not be. The replicas read the token from RAYFLEET_SERVE_TOKEN, which
+    the RayService sets from this Secret's key `token` (locally: `rayfleet serve` with
+    RAYFLEET_SERVE_TOKEN set or --token-file)."""
+
+    token_secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=_SECRET_NAME,
+        description="Kubernetes Secret (same namespace) whose key `token` holds the token.",
+    )
+
+
 class ModelDeploymentSpec(SpecModel):
     model_name: NameStr | None = Field(
         default=None,
@@ -124,6 +144,17 @@ class ModelDeploymentSpec(SpecModel):
     )
     route_prefix: str = Field(
         default="/", description="HTTP path the API is mounted at (the /v2 paths sit below)."
+    )
+    auth: ServeAuth | None = Field(
+        default=None,
+        description="Require `Authorization: Bearer <token>` on every /v2 route but the health "
+        "probes. Without it Serve's port is unauthenticated: keep it inside the cluster or "
+        "behind an authenticating ingress.",
+    )
+    expose_source: bool = Field(
+        default=False,
+        description="Publish the checkpoint's storage URI in model metadata "
+        "(GET /v2/models/NAME, parameters.checkpoint); off by default.",
     )
 
     @field_validator("route_prefix")
