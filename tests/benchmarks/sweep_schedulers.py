@@ -65,7 +65,7 @@ def main() -> int:
             table, best = read_table(uri), read_best(uri)
             out[scheduler] = {
                 "epochs_trained": table.epochs_consumed,
-                "best_val_accuracy": best["value"],
+                "best_val_accuracy": best.value,
                 "stopped_early": table.counts().get("STOPPED", 0),
                 "wall_s": round(wall, 1),
             }

@@ -4,18 +4,21 @@ Each sweep runs `rayfleet sweep` in its own process (its own embedded Ray, as a 
 against the session's loopback S3 server; the kill test SIGKILLs that whole process group.
 """
 
+import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import yaml
 
 from rayfleet.storage.checkpoints import list_checkpoints, verify
-from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
 from rayfleet.storage.uri import parse_uri
 from rayfleet.tune import results
 
@@ -26,14 +29,17 @@ STORAGE = "s3://rayfleet-test"
 SAMPLES, EPOCHS = 6, 4
 
 
-def _write_sweep(tmp_path: Path, name: str) -> Path:
+def _write_sweep(
+    tmp_path: Path, name: str, samples: int = SAMPLES, epochs: int = EPOCHS, **spec
+) -> Path:
     doc = yaml.safe_load((REPO / "jobs" / "digits" / "sweep.yaml").read_text())
     doc["metadata"]["name"] = name
     doc["spec"]["trainJob"] = {
         "path": str(TRAIN),
-        "overrides": {"run.epochs": EPOCHS, "scaling.numWorkers": 1, "model.config.hidden": 64},
+        "overrides": {"run.epochs": epochs, "scaling.numWorkers": 1, "model.config.hidden": 64},
     }
-    doc["spec"]["numSamples"] = SAMPLES
+    doc["spec"]["numSamples"] = samples
+    doc["spec"].update(spec)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -89,7 +95,7 @@ def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_
         time.sleep(1)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     assert len(finished) >= 2, "no trial finished within 300 s"
-    time.sleep(2.5)  # let Tune's experiment state (saved every 2 s) catch up
+    time.sleep(2.5)  # let trials.json (written at most every 2 s) catch up
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
 
@@ -113,10 +119,10 @@ def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_
     assert any(t.state == "DONE" and t.epochs_done == EPOCHS for t in table.trials)
     assert table.epochs_consumed < SAMPLES * EPOCHS
 
-    check = verify(filesystem_for(_uri(name)), parse_uri(best["checkpoint"]).fs_path)
+    check = verify(filesystem_for(_uri(name)), parse_uri(best.checkpoint).fs_path)
     assert check.ok, check.reason
-    assert check.manifest["meta"]["metrics"]["val_accuracy"] == best["value"]
-    assert best["value"] == max(t.value for t in table.trials if t.value is not None)
+    assert check.manifest["meta"]["metrics"]["val_accuracy"] == best.value
+    assert best.value == max(t.value for t in table.trials if t.value is not None)
 
     env = {**os.environ, "RAYFLEET_STORAGE": STORAGE}
     shown = subprocess.run(
@@ -127,8 +133,82 @@ def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_
         timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
-    assert best["trial_id"] in shown.stdout and best["checkpoint"] in shown.stdout
+    assert best.trial_id in shown.stdout and best.checkpoint in shown.stdout
 
     again = _sweep(spec)  # an existing sweep is continued only on purpose
     out, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and "already exists" in out and "--resume" in out, out
+
+
+class _Planted:
+    """What an attacker with write access to shared storage plants: unpickling it runs code
+    (here: creates a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "a"))
+
+
+def _plant_pickles(name: str, marker: Path) -> list[str]:
+    """Overwrite every pickle in the sweep's storage with a crafted one, and plant Tune's
+    experiment pickles (tuner.pkl, searcher state) next to every tuner.pkl and at the root."""
+    uri = _uri(name)
+    fs = filesystem_for(uri)
+    files = fs.get_file_info(pafs.FileSelector(uri.fs_path, recursive=True))
+    folders = {uri.fs_path} | {
+        f.path.rsplit("/", 1)[0] for f in files if f.base_name == "tuner.pkl"
+    }
+    targets = {f.path for f in files if f.path.endswith(".pkl")}
+    for folder in folders:
+        targets |= {f"{folder}/tuner.pkl", f"{folder}/searcher-state-2026-01-01_00-00-00.pkl"}
+    crafted = pickle.dumps(_Planted(marker))
+    for path in sorted(targets):
+        write_bytes(fs, path, crafted)
+    return sorted(targets)
+
+
+@pytest.mark.security
+def test_resume_never_unpickles_what_storage_holds(s3, digits_uri, tmp_path):
+    """Issue 12: `sweep --resume` must not run a crafted pickle planted in the sweep's storage
+    (Tune's tuner.pkl, searcher state, trial params). The resume continues from trials.json
+    and verified checkpoints: the interrupted trial is not trained again, the trial still
+    missing is sampled, and best.json verifies."""
+    name = "sweep-planted"
+    first = _write_sweep(tmp_path, name, samples=2, epochs=2, scheduler={"type": "fifo"})
+    _finish(_sweep(first))
+    uri = _uri(name)
+    fs = filesystem_for(uri)
+    before = results.read_table(uri)
+    assert [t.state for t in before.trials] == ["DONE", "DONE"], before
+    ids = [t.trial_id for t in before.trials]
+    checkpoints = {tid: _checkpoints(name, tid) for tid in ids}
+
+    # as if the driver died after trial 2's last epoch, before the table caught up
+    path = uri.join(results.TRIALS_FILE).fs_path
+    doc = json.loads(read_bytes(fs, path))
+    doc["trials"][1]["state"] = "RUNNING"
+    write_bytes(fs, path, json.dumps(doc).encode())
+    marker = tmp_path / "planted-pickle-ran"
+    assert _plant_pickles(name, marker)
+
+    resumed = _write_sweep(tmp_path, name, samples=3, epochs=2, scheduler={"type": "fifo"})
+    proc = _sweep(resumed, "--resume")
+    try:
+        out, _ = proc.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    assert not marker.exists(), "a pickle planted in the sweep's storage was unpickled"
+    assert proc.returncode == 0, out[-3000:]
+
+    table, best = results.require_results(uri, name)
+    after = [t.trial_id for t in table.trials]
+    assert len(after) == len(set(after)) == 3 and set(ids) < set(after), table
+    assert all(t.state == "DONE" and t.epochs_done == 2 for t in table.trials), table
+    for tid in ids:
+        assert _checkpoints(name, tid) == checkpoints[tid], f"{tid} was trained again"
+    check = verify(fs, parse_uri(best.checkpoint).fs_path)
+    assert check.ok, check.reason
+    assert not marker.exists()

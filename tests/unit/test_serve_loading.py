@@ -98,7 +98,7 @@ def test_sweep_source_reads_best_json(store):
     best.parent.mkdir(parents=True)
     target = store / "runs/digits/checkpoint_e000001-aa"
     doc = {"sweep": "digits-sweep", "metric": "val_accuracy", "mode": "max", "value": 0.98,
-           "trial_id": "t1", "params": {}, "checkpoint": str(target)}  # fmt: skip
+           "trial_id": "t1", "params": {}, "epoch": 1, "checkpoint": str(target)}  # fmt: skip
     best.write_text(json.dumps(doc))
     d = _deployment(store, "spec.source.run=null", "spec.source.sweep=digits-sweep")
     resolved = resolve_source(d)

@@ -28,7 +28,13 @@ def test_row_state(status, done, state):
 
 
 def _table(*rows):
-    return SweepTable("s", "val_accuracy", "max", 6, list(rows))
+    return SweepTable(sweep="s", metric="val_accuracy", mode="max", epochs=6, trials=list(rows))
+
+
+def _row(trial_id, params, state, epochs_done=0, value=None):
+    return TrialRow(
+        trial_id=trial_id, params=params, state=state, epochs_done=epochs_done, value=value
+    )
 
 
 def _checkpoint(run, epoch, accuracy):
@@ -41,7 +47,7 @@ def _checkpoint(run, epoch, accuracy):
 
 def test_table_round_trips_through_storage(tmp_path):
     uri = parse_uri(str(tmp_path / "sweeps" / "s"))
-    table = _table(TrialRow("a_1", {"run.learningRate": 0.01}, "DONE", 6, 0.97))
+    table = _table(_row("a_1", {"run.learningRate": 0.01}, "DONE", 6, 0.97))
     results.write_table(uri, table)
     assert results.read_table(uri) == table
     assert not list((tmp_path / "sweeps" / "s").glob("*.tmp"))
@@ -57,21 +63,22 @@ def test_best_is_the_newest_verified_checkpoint_of_the_best_trial(tmp_path):
     (newest / "state.pt").write_bytes(b"truncated")  # b's newest no longer verifies
     _checkpoint(root / "c" / "train", 0, 0.40)
     table = _table(
-        TrialRow("a", {"p": 1}, "DONE", 6, 0.95),
-        TrialRow("b", {"p": 2}, "DONE", 6, 0.99),
-        TrialRow("c", {"p": 3}, "STOPPED", 1, 0.40),
-        TrialRow("d", {"p": 4}, "ERROR", 0, None),
+        _row("a", {"p": 1}, "DONE", 6, 0.95),
+        _row("b", {"p": 2}, "DONE", 6, 0.99),
+        _row("c", {"p": 3}, "STOPPED", 1, 0.40),
+        _row("d", {"p": 4}, "ERROR", 0, None),
     )
     best = results.promote_best(uri, table, lambda tid: uri.join(tid, "train"))
-    assert best["trial_id"] == "b" and best["value"] == 0.96 and best["epoch"] == 4
-    assert best["checkpoint"].endswith("b/train/" + checkpoint_dir_name(4, "0abc"))
-    assert json.loads((root / "best.json").read_text()) == best
+    assert best.trial_id == "b" and best.value == 0.96 and best.epoch == 4
+    assert best.checkpoint.endswith("b/train/" + checkpoint_dir_name(4, "0abc"))
+    assert json.loads((root / "best.json").read_text()) == best.model_dump()
+    assert results.read_best(uri) == best
 
 
 def test_no_verified_checkpoint_means_no_best(tmp_path):
     uri = parse_uri(str(tmp_path / "s"))
     with pytest.raises(WorkFailedError, match="no trial left a verified checkpoint"):
-        results.promote_best(uri, _table(TrialRow("a", {}, "ERROR")), lambda t: uri.join(t))
+        results.promote_best(uri, _table(_row("a", {}, "ERROR")), lambda t: uri.join(t))
 
 
 def test_results_of_an_unknown_sweep_is_bad_input(tmp_path):
@@ -83,7 +90,7 @@ def test_search_space_maps_to_tune_domains():
     from ray import tune
 
     from rayfleet.specs.sweep import Domain
-    from rayfleet.tune.runner import tune_domain
+    from rayfleet.tune.search import tune_domain
 
     assert isinstance(tune_domain(Domain(loguniform=(1e-4, 1e-2))), tune.search.sample.Float)
     assert tune_domain(Domain(grid=[1, 2])) == {"grid_search": [1, 2]}
@@ -99,7 +106,8 @@ def test_spec_choices_map_to_tune_searchers_and_schedulers():
     from ray.tune.search.optuna import OptunaSearch
 
     from rayfleet.specs import load_spec
-    from rayfleet.tune.runner import _scheduler, _search_alg
+    from rayfleet.tune.search import scheduler as _scheduler
+    from rayfleet.tune.search import search_alg as _search_alg
     from rayfleet.tune.space import prepare
 
     sweep = Path(__file__).resolve().parents[2] / "jobs" / "digits" / "sweep.yaml"

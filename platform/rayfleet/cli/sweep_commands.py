@@ -20,6 +20,7 @@ from rayfleet.cli.output import console, handle_errors
 from rayfleet.cli.spec_commands import SetOption
 from rayfleet.specs import load_spec
 from rayfleet.specs.base import resolve_storage
+from rayfleet.tune.documents import BestTrial, SweepTable
 
 
 class _SpecOrCommand(TyperGroup):
@@ -41,7 +42,7 @@ app = typer.Typer(
 _STYLE = {"DONE": "green", "STOPPED": "yellow", "ERROR": "red", "RUNNING": "cyan"}
 
 
-def render_table(table, best: dict[str, Any] | None = None) -> Table:
+def render_table(table: SweepTable, best: BestTrial | None = None) -> Table:
     """The trial table: params, epochs run, the metric, and state; the best row marked."""
     out = Table(
         title=f"sweep {table.sweep}: {table.mode} {table.metric}",
@@ -56,7 +57,7 @@ def render_table(table, best: dict[str, Any] | None = None) -> Table:
     out.add_column("epochs", justify="right")
     out.add_column(table.metric, justify="right")
     out.add_column("state", no_wrap=True)
-    best_id = best["trial_id"] if best else None
+    best_id = best.trial_id if best else None
     for row in table.trials:
         state = f"[{_STYLE.get(row.state, 'white')}]{row.state}[/]"
         if row.trial_id == best_id:
@@ -130,7 +131,11 @@ def start(
     spec: Path = typer.Argument(..., help="SweepJob spec YAML file."),
     overrides: list[str] = SetOption,
     resume: bool = typer.Option(
-        False, "--resume", help="Continue an interrupted sweep; finished trials are not rerun."
+        False,
+        "--resume",
+        help="Continue a sweep from its trials.json and verified checkpoints (never from "
+        "Tune's pickled state): finished trials are kept, unfinished ones rerun with the same "
+        "params, missing ones sampled anew.",
     ),
     retry_errored: bool = typer.Option(
         False, "--retry-errored", help="With --resume: run errored trials again."
@@ -163,16 +168,16 @@ def start(
     console.print(f"done in {result.elapsed_s:.1f}s", highlight=False)
 
 
-def _print_outcome(table, best: dict[str, Any] | None) -> None:
+def _print_outcome(table: SweepTable, best: BestTrial | None) -> None:
     console.print(render_table(table, best))
     if best:
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
         console.print(
-            f"best: trial {best['trial_id']} {best['metric']}={_fmt(best['value'])}  {params}",
+            f"best: trial {best.trial_id} {best.metric}={_fmt(best.value)}  {params}",
             highlight=False,
             soft_wrap=True,
         )
-        console.print(f"checkpoint: {best['checkpoint']}", highlight=False, soft_wrap=True)
+        console.print(f"checkpoint: {best.checkpoint}", highlight=False, soft_wrap=True)
 
 
 @app.command("results")

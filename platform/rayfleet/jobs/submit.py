@@ -203,16 +203,12 @@ def submit_once(
 
 
 def _sweep_state_exists(plan_: Plan) -> bool:
-    """A resubmitted sweep resumes its Tune experiment, if the dead driver saved one."""
+    """A resubmitted sweep resumes (--resume) when the dead driver left its trials.json."""
     if not isinstance(plan_.spec, SweepJob):
         return False
-    from ray import tune
+    from rayfleet.tune.results import table_exists
 
-    from rayfleet.storage.filesystem import filesystem_for
-
-    return tune.Tuner.can_restore(
-        plan_.record_uri.fs_path, storage_filesystem=filesystem_for(plan_.record_uri)
-    )
+    return table_exists(plan_.record_uri)
 
 
 def _when_agent_ready(cluster: Cluster, fn, **kwargs) -> None:

@@ -36,6 +36,7 @@ from rayfleet.errors import BadInputError, CheckpointError, StorageError
 from rayfleet.storage.checkpoints import MANIFEST, download_verified, newest_verified, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.tune.documents import BEST_FILE, BestTrial
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from rayfleet.specs.serve import ModelDeployment
 
 STATE_FILE = "state.pt"  # rayfleet.train.recipes.common.STATE_FILE, without importing torch
-BEST_FILE = "best.json"
 
 # Recipe name (manifest meta "recipe") -> the function that builds its model from model_config.
 MODEL_BUILDERS = {
@@ -165,21 +165,21 @@ def _verified(uri: StorageURI, what: str) -> dict[str, Any]:
     return result.manifest.get("meta", {})
 
 
-def read_best(storage: StorageURI, sweep: str) -> dict[str, Any]:
+def read_best(storage: StorageURI, sweep: str) -> BestTrial:
     """`<storage>/sweeps/NAME/best.json`: the sweep's best trial and its checkpoint URI."""
-    uri = storage.join("sweeps", sweep, BEST_FILE)
+    from rayfleet.tune.results import read_best as read_sweep_best
+
+    uri = storage.join("sweeps", sweep)
     try:
-        doc = json.loads(read_bytes(filesystem_for(uri), uri.fs_path))
-    except FileNotFoundError:
+        best = read_sweep_best(uri)
+    except StorageError as exc:
+        raise ModelLoadError(f"sweep {sweep}: {exc}") from None
+    if best is None:
         raise ModelLoadError(
-            f"sweep {sweep}: no {BEST_FILE} at {uri}; run the sweep to the end first, or fix "
-            "spec.source.sweep / spec.storage"
-        ) from None
-    except ValueError:
-        raise ModelLoadError(f"sweep {sweep}: {uri} is not valid JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("checkpoint"), str):
-        raise ModelLoadError(f"sweep {sweep}: {uri} names no checkpoint (key 'checkpoint')")
-    return doc
+            f"sweep {sweep}: no {BEST_FILE} at {uri.join(BEST_FILE)}; run the sweep to the end "
+            "first, or fix spec.source.sweep / spec.storage"
+        )
+    return best
 
 
 def resolve_source(deployment: ModelDeployment) -> ResolvedSource:
@@ -206,14 +206,11 @@ def resolve_source(deployment: ModelDeployment) -> ResolvedSource:
     else:
         best = read_best(storage, source.sweep)
         try:
-            uri = parse_uri(best["checkpoint"])
+            uri = parse_uri(best.checkpoint)
         except BadInputError as exc:
             raise ModelLoadError(f"sweep {source.sweep}: best.json checkpoint: {exc}") from None
         meta = _verified(uri, f"sweep {source.sweep}: best checkpoint")
-        metric = best.get("metric")
-        value = best.get("value")
-        score = f" ({metric}={value:.4g})" if metric and isinstance(value, (int, float)) else ""
-        via = f"sweep {source.sweep}{score}"
+        via = f"sweep {source.sweep} ({best.metric}={best.value:.4g})"
     signature_from_meta(meta, str(uri))  # refuse unservable models before anything starts
     _require_model_listed(uri)
     return ResolvedSource(uri=uri, via=via, meta=meta, skipped=skipped)

@@ -16,7 +16,6 @@ compare-and-swap itself goes through `storage.documents`.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from rayfleet.storage import documents
-from rayfleet.storage.filesystem import read_bytes
 from rayfleet.storage.uri import StorageURI
 
 RECORD = "record.json"
@@ -40,10 +38,8 @@ def now() -> str:
 
 
 def read(fs: pafs.FileSystem, run_uri: StorageURI) -> dict[str, Any] | None:
-    try:
-        return json.loads(read_bytes(fs, run_uri.join(RECORD).fs_path))
-    except (FileNotFoundError, ValueError):
-        return None
+    """The stored record (one GET: never a half-rewritten copy), or None."""
+    return documents.read(run_uri.join(RECORD)).json()
 
 
 def update(

@@ -1,56 +1,51 @@
 """A sweep's results in storage: `trials.json` (the table, kept current) and `best.json`.
 
-Both are plain JSON next to Tune's own experiment files, so `rayfleet sweep results` and
-serving (`source: {sweep: NAME}`) read them from storage alone, with no Ray and no pickles.
-`best.json` names the best trial's newest *verified* checkpoint, and its value is the metric
-recorded in that checkpoint's manifest, so what serving loads is what the table promised.
+Both are plain JSON documents (typed in `rayfleet.tune.documents`), so `rayfleet sweep
+results`, serving (`source: {sweep: NAME}`) and `sweep --resume` read them from storage alone,
+with no Ray and no pickles. `best.json` names the best trial's newest *verified* checkpoint,
+and its value is the metric recorded in that checkpoint's manifest, so what serving loads is
+what the table promised.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import pyarrow.fs as pafs
+from collections.abc import Callable
+from typing import TypeVar
 
 from rayfleet.errors import StorageError, WorkFailedError
+from rayfleet.storage import documents
 from rayfleet.storage.checkpoints import newest_verified
-from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.filesystem import exists, filesystem_for, write_bytes
 from rayfleet.storage.uri import StorageURI
+from rayfleet.tune.documents import (
+    BEST_FILE,
+    TRIALS_FILE,
+    BestTrial,
+    SweepTable,
+    TrialRow,
+    dump_best,
+    dump_table,
+    parse_best,
+    parse_table,
+)
 
-TRIALS_FILE = "trials.json"
-BEST_FILE = "best.json"
+T = TypeVar("T")
 
-
-@dataclass
-class TrialRow:
-    trial_id: str
-    params: dict[str, Any]
-    state: str  # PENDING, RUNNING, DONE, STOPPED (early, by the scheduler), ERROR
-    epochs_done: int = 0
-    value: float | None = None  # the sweep metric, last reported
-    error: str | None = None
-
-
-@dataclass
-class SweepTable:
-    sweep: str
-    metric: str
-    mode: str
-    epochs: int  # epochs a trial runs when nothing stops it
-    trials: list[TrialRow] = field(default_factory=list)
-
-    @property
-    def epochs_consumed(self) -> int:
-        return sum(t.epochs_done for t in self.trials)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for t in self.trials:
-            out[t.state] = out.get(t.state, 0) + 1
-        return out
+__all__ = [
+    "BEST_FILE",
+    "TRIALS_FILE",
+    "BestTrial",
+    "SweepTable",
+    "TrialRow",
+    "promote_best",
+    "read_best",
+    "read_table",
+    "require_results",
+    "row_state",
+    "table_exists",
+    "write_table",
+]
 
 
 def row_state(status: str, epochs_done: int, epochs: int) -> str:
@@ -63,47 +58,37 @@ def row_state(status: str, epochs_done: int, epochs: int) -> str:
     return status  # PENDING, RUNNING, PAUSED
 
 
-def _write_json(fs: pafs.FileSystem, path: str, doc: dict[str, Any]) -> None:
-    """Write whole-or-nothing: S3 PUTs are atomic; locally, write a temp file and move it."""
-    data = json.dumps(doc, indent=2, sort_keys=True).encode()
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{path}.tmp"
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, path)
-        return
-    with fs.open_output_stream(path) as out:
-        out.write(data)
+def _read(uri: StorageURI, parse: Callable[[bytes, str], T]) -> T | None:
+    """Read and parse a document; None when there is none.
 
-
-def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
-    try:
-        with fs.open_input_stream(path) as stream:
-            return json.loads(stream.read())
-    except FileNotFoundError:
-        return None
+    Read with one GET (storage.documents), never pyarrow's HEAD-then-ranged-GET, which can
+    return a document cut to its old length while the driver rewrites it (seen with
+    `sweep results` and a poller reading trials.json)."""
+    data = documents.read(uri).data
+    return None if data is None else parse(data, str(uri))
 
 
 def write_table(uri: StorageURI, table: SweepTable) -> None:
-    doc = {**asdict(table), "updated": time.time()}
-    _write_json(filesystem_for(uri), uri.join(TRIALS_FILE).fs_path, doc)
+    """Write trials.json whole (write_bytes is atomic locally; S3 PUTs are atomic)."""
+    path = uri.join(TRIALS_FILE)
+    write_bytes(filesystem_for(path), path.fs_path, dump_table(table, time.time()))
+
+
+def table_exists(uri: StorageURI) -> bool:
+    path = uri.join(TRIALS_FILE)
+    return exists(filesystem_for(path), path.fs_path)
 
 
 def read_table(uri: StorageURI) -> SweepTable | None:
-    doc = _read_json(filesystem_for(uri), uri.join(TRIALS_FILE).fs_path)
-    if doc is None:
-        return None
-    rows = [TrialRow(**row) for row in doc.pop("trials")]
-    doc.pop("updated", None)
-    return SweepTable(**doc, trials=rows)
+    """The sweep's table; None when there is none; StorageError when it is not a table."""
+    return _read(uri.join(TRIALS_FILE), parse_table)
 
 
-def read_best(uri: StorageURI) -> dict[str, Any] | None:
-    return _read_json(filesystem_for(uri), uri.join(BEST_FILE).fs_path)
+def read_best(uri: StorageURI) -> BestTrial | None:
+    return _read(uri.join(BEST_FILE), parse_best)
 
 
-def promote_best(uri: StorageURI, table: SweepTable, run_uri_of) -> dict[str, Any]:
+def promote_best(uri: StorageURI, table: SweepTable, run_uri_of) -> BestTrial:
     """Pick the best trial by the metric in its newest verified checkpoint; write best.json.
 
     `run_uri_of(trial_id)` gives a trial's run location. Trials without a verified checkpoint
@@ -124,21 +109,21 @@ def promote_best(uri: StorageURI, table: SweepTable, run_uri_of) -> dict[str, An
         )
     pick = max if table.mode == "max" else min
     value, row, ref, run_uri = pick(candidates, key=lambda c: c[0])
-    best = {
-        "sweep": table.sweep,
-        "metric": table.metric,
-        "mode": table.mode,
-        "value": value,
-        "trial_id": row.trial_id,
-        "params": row.params,
-        "epoch": ref.epoch,
-        "checkpoint": str(run_uri.at(ref.path)),
-    }
-    _write_json(fs, uri.join(BEST_FILE).fs_path, best)
+    best = BestTrial(
+        sweep=table.sweep,
+        metric=table.metric,
+        mode=table.mode,
+        value=value,
+        trial_id=row.trial_id,
+        params=row.params,
+        epoch=ref.epoch,
+        checkpoint=str(run_uri.at(ref.path)),
+    )
+    write_bytes(fs, uri.join(BEST_FILE).fs_path, dump_best(best))
     return best
 
 
-def require_results(uri: StorageURI, name: str) -> tuple[SweepTable, dict[str, Any] | None]:
+def require_results(uri: StorageURI, name: str) -> tuple[SweepTable, BestTrial | None]:
     """The table and best trial of a sweep, or one clear line when there is none."""
     table = read_table(uri)
     if table is None:

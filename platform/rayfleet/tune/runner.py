@@ -1,91 +1,44 @@
-"""Run a SweepJob on Ray Tune: search algorithm, scheduler, resume, the live table, best.json.
+"""Run a SweepJob on Ray Tune: one launch (new, or `--resume`), the live table, best.json.
 
 The driver side of a sweep. Everything checkable is checked before Ray starts (the space,
-the metric, storage, the dataset); then a `Tuner` runs `trial.run_trial` per sampled config,
-its experiment stored under `<storage>/sweeps/<name>/` so `--resume` can restore it after
-the driver dies. A Tune callback keeps `trials.json` current and feeds the CLI's table.
+the metric, storage, the dataset, the table to resume); then a `Tuner` runs `trial.run_trial`
+per trial of the launch (`rayfleet.tune.replay`). Each launch is a fresh Tune experiment under
+`<sweep>/tune/launch-NNN-XXXXXX/`; nothing in it is read back, ever: `--resume` continues from
+`trials.json` and the trials' verified checkpoints, because Tune's own resume unpickles files
+that anyone with write access to the storage could have planted. A Tune callback keeps
+`trials.json` (every launch's rows) current and feeds the CLI's table.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ray.tune import Callback
 
 from rayfleet.errors import SpecError, WorkFailedError
-from rayfleet.specs.sweep import Domain
-from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.lease import Lease
 from rayfleet.storage.uri import parse_uri
 from rayfleet.tune import results
+from rayfleet.tune.replay import Launch, plan_fresh, plan_resume
+from rayfleet.tune.search import param_space, scheduler, search_alg
 from rayfleet.tune.space import PreparedSweep
-from rayfleet.tune.trial import EPOCHS_DONE, run_trial, trial_run_uri
+from rayfleet.tune.trial import EPOCHS_DONE, run_trial, sweep_trial_id, trial_run_uri
 
 TableHandler = Callable[[results.SweepTable], None]
 _TABLE_WRITE_S = 2.0
-# Tune saves its experiment state on its own adaptive clock (10 s or more); a sweep's driver
-# can die at any moment, so save often — the state is a few small files.
-_EXPERIMENT_SAVE_S = "2"
+TUNE_DIR = "tune"  # <sweep>/tune/<launch>: Tune's experiments, written and never read
 
 
 @dataclass
 class SweepResult:
     table: results.SweepTable
-    best: dict[str, Any]
+    best: results.BestTrial
     elapsed_s: float
-
-
-def tune_domain(domain: Domain, *, as_grid: bool = False):
-    from ray import tune
-
-    kind = domain.kind
-    if kind == "grid" or (as_grid and kind == "choice"):
-        return tune.grid_search(list(domain[kind]))
-    if kind == "choice":
-        return tune.choice(list(domain.choice))
-    low, high = domain[kind]
-    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](
-        low, high
-    )
-
-
-def _search_alg(prep: PreparedSweep, concurrency: int):
-    """The searcher. Tune applies max_concurrent_trials to Searchers (Optuna) itself, but
-    ignores it for a BasicVariantGenerator passed in, which must be told directly."""
-    spec = prep.sweep.spec
-    if spec.search.algorithm == "tpe":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=concurrency)
-
-
-def _scheduler(prep: PreparedSweep):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
-    s = prep.sweep.spec.scheduler
-    if s.type == "asha":
-        return ASHAScheduler(
-            time_attr=EPOCHS_DONE,
-            max_t=prep.epochs,
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-        )
-    if s.type == "median":
-        return MedianStoppingRule(
-            time_attr=EPOCHS_DONE,
-            grace_period=s.grace_period,
-            min_samples_required=s.min_samples_required,
-        )
-    return FIFOScheduler()
 
 
 def trial_cpus_gpus(prep: PreparedSweep) -> tuple[float, float]:
@@ -115,41 +68,61 @@ class _Sink:
         self.table: results.SweepTable | None = None
 
 
-# Tune pickles its RunConfig, callbacks included, into the experiment (tuner.pkl) and
-# restores it on --resume; the callback therefore carries only plain data and finds the
-# running driver's sink here, by sweep URI.
+# Tune pickles its RunConfig, callbacks included, into its experiment (tuner.pkl, never read
+# back); the callback therefore carries only plain data and finds the running driver's sink
+# here, by sweep URI.
 _SINKS: dict[str, _Sink] = {}
 
 
 class TableCallback(Callback):
-    """Driver-side Tune callback: mirrors trial states into trials.json and the live table."""
+    """Driver-side Tune callback: mirrors trial states into trials.json and the live table.
 
-    def __init__(self, prep: PreparedSweep):
+    The table is this launch's trials plus the rows kept from earlier launches; a rerun trial
+    shows under its own id, with its earlier epochs and value until it reports again.
+    """
+
+    def __init__(self, prep: PreparedSweep, launch: Launch):
         spec = prep.sweep.spec
         self.key = str(prep.uri)
         self.sweep, self.metric, self.mode = prep.sweep.name, spec.metric, spec.mode
         self.params = list(spec.search_space)
         self.epochs = prep.epochs
+        self.launch = launch.number
+        self.kept = list(launch.kept)
+        self.prior = {row.trial_id: row for row in launch.rerun}
         self._last: results.SweepTable | None = None
         self._written = 0.0
 
-    def _snapshot(self, trials) -> results.SweepTable:
-        rows = []
-        for t in sorted(trials, key=lambda t: t.trial_id):
-            last = t.last_result or {}
+    def _row(self, t) -> results.TrialRow:
+        trial_id = sweep_trial_id(t.config, t.trial_id)
+        last = t.last_result or {}
+        prior = self.prior.get(trial_id)
+        if EPOCHS_DONE not in last and prior is not None:
+            done, value = prior.epochs_done, prior.value
+        else:
             done = int(last.get(EPOCHS_DONE, 0) or 0)
             value = last.get(self.metric)
-            rows.append(
-                results.TrialRow(
-                    trial_id=t.trial_id,
-                    params={k: t.config.get(k) for k in self.params},
-                    state=results.row_state(t.status, done, self.epochs),
-                    epochs_done=done,
-                    value=float(value) if value is not None else None,
-                    error=_error_summary(t.error_file) if t.status == "ERROR" else None,
-                )
-            )
-        return results.SweepTable(self.sweep, self.metric, self.mode, self.epochs, rows)
+        return results.TrialRow(
+            trial_id=trial_id,
+            params={k: t.config.get(k) for k in self.params},
+            state=results.row_state(t.status, done, self.epochs),
+            epochs_done=done,
+            value=float(value) if value is not None else None,
+            error=_error_summary(t.error_file) if t.status == "ERROR" else None,
+        )
+
+    def _snapshot(self, trials) -> results.SweepTable:
+        return self.table_of(self.kept + [self._row(t) for t in trials])
+
+    def table_of(self, rows: list[results.TrialRow]) -> results.SweepTable:
+        return results.SweepTable(
+            sweep=self.sweep,
+            metric=self.metric,
+            mode=self.mode,
+            epochs=self.epochs,
+            trials=sorted(rows, key=lambda r: r.trial_id),
+            launches=self.launch,
+        )
 
     def _publish(self, trials, *, force: bool) -> None:
         table = self._snapshot(trials)
@@ -164,6 +137,10 @@ class TableCallback(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self._publish(trials, force=False)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        # Recorded before it trains, so a resume reruns it instead of sampling anew.
+        self._publish(trials, force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._publish(trials, force=True)
@@ -184,22 +161,22 @@ def _error_summary(error_file: str | None) -> str | None:
     return lines[-1][:200] if lines else f"see {error_file}"
 
 
-def _check_fresh_or_resumable(prep: PreparedSweep, resume: bool) -> bool:
-    """True when an experiment exists to restore; bad combinations fail with the fix."""
-    from ray import tune
-
-    fs = filesystem_for(prep.uri)
-    exists = tune.Tuner.can_restore(prep.uri.fs_path, storage_filesystem=fs)
-    if resume and not exists:
+def plan_launch(prep: PreparedSweep, resume: bool, retry_errored: bool) -> Launch:
+    """This launch's plan; bad combinations (and a table that isn't one) fail with the fix."""
+    if not resume:
+        if results.table_exists(prep.uri):
+            raise SpecError(
+                f"sweep {prep.sweep.name} already exists at {prep.uri}; add --resume to "
+                "continue it, or change metadata.name for a new sweep"
+            )
+        return plan_fresh(prep)
+    table = results.read_table(prep.uri)  # refuses, in one line, what is not a table
+    if table is None:
         raise SpecError(
-            f"sweep {prep.sweep.name}: nothing to resume at {prep.uri}; run without --resume"
+            f"sweep {prep.sweep.name}: nothing to resume at {prep.uri} (no "
+            f"{results.TRIALS_FILE}); run without --resume"
         )
-    if not resume and exists:
-        raise SpecError(
-            f"sweep {prep.sweep.name} already exists at {prep.uri}; add --resume to continue "
-            "it, or change metadata.name for a new sweep"
-        )
-    return exists
+    return plan_resume(prep, table, retry_errored=retry_errored)
 
 
 def run_sweep(
@@ -212,20 +189,56 @@ def run_sweep(
     verbose: bool = False,
 ) -> SweepResult:
     """Run (or resume) a prepared sweep to the end; write trials.json and best.json."""
-    from ray import tune
-
-    from rayfleet.train.launcher import check_inputs, ensure_ray
+    from rayfleet.train.launcher import check_inputs
 
     started = time.monotonic()
     check_inputs(prep.base)
-    restoring = _check_fresh_or_resumable(prep, resume)
+    # One driver per sweep: a second one would plan from the same trials.json and run the
+    # same trials into the same folders (see storage.lease).
+    lease = Lease(prep.uri, what=f"sweep {prep.sweep.name}")
+    lease.acquire()
+    try:
+        launch = plan_launch(prep, resume, retry_errored)
+        table = _run_launch(prep, launch, on_table, resume, sys_path=sys_path, verbose=verbose)
+        if table is None or not table.trials:
+            raise WorkFailedError(f"sweep {prep.sweep.name} ran no trials; see --verbose")
+        best = results.promote_best(prep.uri, table, lambda tid: trial_run_uri(prep.uri, tid))
+    finally:
+        lease.release()
+    return SweepResult(table=table, best=best, elapsed_s=time.monotonic() - started)
+
+
+def _run_launch(
+    prep: PreparedSweep, launch: Launch, on_table, resume: bool, *, sys_path, verbose
+) -> results.SweepTable | None:
+    """Run one launch's trials; the table the sink last saw (kept rows included)."""
+    sink = _SINKS[str(prep.uri)] = _Sink(on_table or (lambda table: None))
+    try:
+        if resume:
+            # Count this launch before it runs, so a launch killed early is not drawn again.
+            first = TableCallback(prep, launch).table_of(launch.kept + launch.rerun)
+            results.write_table(prep.uri, first)
+            sink.table = first
+            sink.on_table(first)
+        if launch.tune_samples:
+            _fit(prep, launch, sys_path=sys_path, verbose=verbose)
+    finally:
+        _SINKS.pop(str(prep.uri), None)
+    return sink.table
+
+
+def _fit(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, verbose: bool) -> None:
+    """Run the launch as a new Tune experiment under <sweep>/tune/."""
+    from ray import tune
+
+    from rayfleet.storage.filesystem import filesystem_for
+    from rayfleet.train.launcher import ensure_ray
+
     owns_ray = ensure_ray(verbose=verbose, dashboard=True)
     try:
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", _EXPERIMENT_SAVE_S)
         # Tune's newer console output prints its own banners even at verbose=0; rayfleet
         # draws the table, so take the legacy reporter, which verbose=0 silences.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        cpus, gpus = trial_cpus_gpus(prep)
         trainable = tune.with_resources(
             tune.with_parameters(
                 run_trial,
@@ -237,58 +250,33 @@ def run_sweep(
             # a placement group of their own; Tune needs a non-empty request, so a token one.
             {"cpu": 0, "memory": 2**20},
         )
-        sink = _SINKS[str(prep.uri)] = _Sink(on_table or (lambda table: None))
-        fs = filesystem_for(prep.uri)
-        if restoring:
-            tuner = tune.Tuner.restore(
-                prep.uri.fs_path,
-                trainable,
-                resume_unfinished=True,
-                resume_errored=retry_errored,
-                storage_filesystem=fs,
-            )
-        else:
-            concurrency = default_concurrency(prep)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=_param_space(prep),
-                tune_config=tune.TuneConfig(
-                    metric=prep.sweep.spec.metric,
-                    mode=prep.sweep.spec.mode,
-                    search_alg=_search_alg(prep, concurrency),
-                    scheduler=_scheduler(prep),
-                    num_samples=prep.sweep.spec.num_samples,
-                    # BasicVariantGenerator got it already; Tune warns if told twice.
-                    max_concurrent_trials=concurrency
-                    if prep.sweep.spec.search.algorithm == "tpe"
-                    else None,
-                    trial_dirname_creator=lambda trial: trial.trial_id,
-                ),
-                run_config=tune.RunConfig(
-                    name=prep.sweep.name,
-                    storage_path=prep.uri.fs_path.rsplit("/", 1)[0],
-                    storage_filesystem=fs,
-                    failure_config=tune.FailureConfig(
-                        max_failures=prep.sweep.spec.max_trial_failures
-                    ),
-                    callbacks=[TableCallback(prep)],
-                    verbose=0,
-                ),
-            )
+        concurrency = default_concurrency(prep)
+        spec = prep.sweep.spec
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(prep),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode=spec.mode,
+                search_alg=search_alg(prep, concurrency, launch),
+                scheduler=scheduler(prep),
+                num_samples=launch.tune_samples,
+                # BasicVariantGenerator got it already; Tune warns if told twice.
+                max_concurrent_trials=concurrency if spec.search.algorithm == "tpe" else None,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=f"launch-{launch.number:03d}-{secrets.token_hex(3)}",
+                storage_path=prep.uri.join(TUNE_DIR).fs_path,
+                storage_filesystem=filesystem_for(prep.uri),
+                failure_config=tune.FailureConfig(max_failures=spec.max_trial_failures),
+                callbacks=[TableCallback(prep, launch)],
+                verbose=0,
+            ),
+        )
         tuner.fit()
     finally:
-        _SINKS.pop(str(prep.uri), None)
         if owns_ray:
             import ray
 
             ray.shutdown()
-    table = sink.table
-    if table is None or not table.trials:
-        raise WorkFailedError(f"sweep {prep.sweep.name} ran no trials; see --verbose")
-    best = results.promote_best(prep.uri, table, lambda tid: trial_run_uri(prep.uri, tid))
-    return SweepResult(table=table, best=best, elapsed_s=time.monotonic() - started)
-
-
-def _param_space(prep: PreparedSweep) -> dict[str, Any]:
-    as_grid = prep.sweep.spec.search.algorithm == "grid"
-    return {k: tune_domain(d, as_grid=as_grid) for k, d in prep.sweep.spec.search_space.items()}

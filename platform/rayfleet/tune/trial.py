@@ -8,7 +8,9 @@ the scheduler (ASHA, median stopping) may end the trial early.
 Each trial's run lives at `<sweep>/<trial_id>/train`, so it writes verified checkpoints
 exactly like `rayfleet run`, and a restarted trial (sweep resumed after its driver died)
 resumes from its newest verified checkpoint instead of repeating epochs. A trial whose run
-already finished reports that result again without training.
+already finished reports that result again without training. A resumed sweep is a new Tune
+experiment with new Tune trial ids, so a trial run again carries its own id in its config
+(`TRIAL_ID_KEY`), which names its run folder, its TrainJob and its row in the table.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from rayfleet.tune.space import trial_doc
 # restarts (Tune's own training_iteration restarts from 1 when a trial is relaunched).
 EPOCHS_DONE = "epochs_done"
 CHECKPOINT_KEY = "checkpoint_path"
+# Reserved config key: the sweep trial a Tune trial runs (set for reruns, None otherwise).
+TRIAL_ID_KEY = "_rayfleet_trial_id"
+
+
+def sweep_trial_id(config: dict[str, Any], tune_trial_id: str) -> str:
+    """The sweep's id for a Tune trial: the rerun's own id, else Tune's."""
+    return config.get(TRIAL_ID_KEY) or tune_trial_id
 
 
 def trial_run_uri(sweep_uri: StorageURI, trial_id: str) -> StorageURI:
@@ -57,7 +66,8 @@ def run_trial(
 
     from rayfleet.train.launcher import build_trainer, fit_with_retries
 
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = sweep_trial_id(params, tune.get_context().get_trial_id())
+    params = {k: v for k, v in params.items() if k != TRIAL_ID_KEY}
     job = parse_spec(trial_doc(base_doc, params, trial_name(trial_id)), source=trial_id)
     assert isinstance(job, TrainJob)
     run_uri = trial_run_uri(parse_uri(sweep_uri), trial_id)
