@@ -211,3 +211,16 @@ def test_record_writers_keep_each_others_keys(tmp_path):
         uri, spec, address="http://h", job=job("rayfleet-r-2", "SUCCEEDED", 3000, 4000, 0)
     )
     assert doc["status"] == "SUCCEEDED" and doc["submissions"][1]["status"] == "SUCCEEDED"
+
+
+def test_force_reaches_the_clusters_run_command(tmp_path):
+    from rayfleet.jobs.submit import Plan
+    from rayfleet.specs import load_spec
+    from rayfleet.storage.uri import parse_uri
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "digits" / "train.yaml"
+    job = load_spec(path)
+    store = parse_uri(str(tmp_path))
+    plan = Plan(path, job, ("run.epochs=3",), store, store.join("runs", job.name), force=True)
+    assert plan.entrypoint(resume=False).endswith("train.yaml --set=run.epochs=3 --force")
+    assert "--force" not in Plan(path, job, (), store, store).entrypoint(resume=False)

@@ -99,6 +99,11 @@ def submit(
     env: list[str] = typer.Option(
         [], "--env", help="NAME=VALUE for the job's processes (repeatable)."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="TrainJob: resume the run's newest checkpoint even if another training wrote it.",
+    ),
     output: str = OutputOption,
 ) -> None:
     """Submit a spec to a Ray cluster (Jobs API); the cluster runs `rayfleet run|sweep`."""
@@ -106,7 +111,7 @@ def submit(
 
     _check_output(output)
     target = _target(address, context, token_file, insecure)
-    plan = submitting.plan(spec, overrides or [], env)
+    plan = submitting.plan(spec, overrides or [], env, force=force)
     quiet = output == "json"
     outcome = submitting.run(
         plan,

@@ -55,6 +55,7 @@ class Plan:
     storage: StorageURI
     record_uri: StorageURI
     env_vars: dict[str, str] = field(default_factory=dict)
+    force: bool = False  # `rayfleet run --force`: resume a checkpoint of another training
 
     @property
     def name(self) -> str:
@@ -69,14 +70,20 @@ class Plan:
         args += [f"--set={item}" for item in self.overrides]
         if resume and isinstance(self.spec, SweepJob):
             args.append("--resume")  # a TrainJob always resumes its run name
+        if self.force:
+            args.append("--force")
         return shlex.join(args)
 
 
-def plan(path: Path, overrides: list[str], env: list[str] | None = None) -> Plan:
+def plan(
+    path: Path, overrides: list[str], env: list[str] | None = None, *, force: bool = False
+) -> Plan:
     """Everything checked before the cluster is contacted: spec, files, storage, dataset."""
     from rayfleet.train.launcher import check_inputs
 
     spec: Spec = load_spec(path, overrides)
+    if force and not isinstance(spec, TrainJob):
+        raise SpecError(f"{path}: --force applies to TrainJob runs, not a {spec.kind}")
     spec_dir = path.resolve().parent
     env_vars = _env_vars(env or [])
     if isinstance(spec, TrainJob):
@@ -104,6 +111,7 @@ def plan(path: Path, overrides: list[str], env: list[str] | None = None) -> Plan
         overrides=tuple(overrides),
         storage=storage,
         record_uri=records.home(spec, storage),
+        force=force,
         env_vars=env_vars,
     )
 

@@ -73,7 +73,7 @@ _KEEP = {
     "format",
 }
 _DROP = {"title", "default", "$schema", "examples"}
-DNS1035_PATTERN = _DNS1035.pattern  # what `rayfleet render` checks names against
+DNS1035_PATTERN = f"^{_DNS1035.pattern}$"  # the one name rule (specs.base.NAME_RE), anchored
 REPLICAS_DEFAULT = 1  # ModelDeployment.num_replicas when spec.replicas is unset
 
 

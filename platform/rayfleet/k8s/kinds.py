@@ -5,7 +5,6 @@ A new kind is one function here plus its entry in RENDERERS.
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -19,18 +18,20 @@ from rayfleet.k8s.pods import SPEC_MOUNT
 from rayfleet.k8s.rayjob import namespaced, ray_job
 from rayfleet.k8s.source import SpecFile
 from rayfleet.specs import ModelDeployment, SweepJob, TrainJob
+from rayfleet.specs.base import MAX_NAME, NAME_RE
 
-# KubeRay names the RayCluster `<rayjob>-<5 chars>` and requires DNS-1035 names (a letter
-# first) of at most 53 characters for it: 47 for a RayJob or RayService.
-MAX_RAYJOB_NAME = 47
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# The one metadata.name rule (specs.base): a DNS-1035 label of at most 47 characters, since
+# KubeRay names a RayJob's RayCluster `<rayjob>-<5 chars>` within its 53-character limit.
+# Specs already enforce it; render checks again for objects built in code.
+MAX_RAYJOB_NAME = MAX_NAME
+_DNS1035 = NAME_RE
 
 Renderer = Callable[[SpecFile, RenderOptions], list[dict[str, Any]]]
 
 
 def check_name(src: SpecFile, limit: int, what: str) -> str:
     name = src.spec.metadata.name
-    if len(name) > limit or not _DNS1035.match(name):
+    if len(name) > limit or not _DNS1035.fullmatch(name):
         raise SpecError(
             f"{src.path}: metadata.name {name!r} can't name a {what}: KubeRay needs at most "
             f"{limit} characters starting with a letter; rename it or use --set metadata.name=..."
