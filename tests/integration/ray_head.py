@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 from rayfleet.local import free_port
+from rayfleet.retry import poll
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -68,9 +68,9 @@ class RayHead:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
         headers = self.headers
-        while time.monotonic() < deadline:
+
+        def up() -> RayHead | None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited: {self.read_log()[-2000:]}")
             try:
@@ -78,9 +78,13 @@ class RayHead:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"Ray head not up in {timeout_s} s: {self.read_log()[-2000:]}")
+            return None
+
+        def not_up() -> RuntimeError:
+            self.stop()
+            return RuntimeError(f"Ray head not up in {timeout_s} s: {self.read_log()[-2000:]}")
+
+        return poll(up, timeout=timeout_s, interval=1.0, what="the Ray head", on_timeout=not_up)
 
     @property
     def headers(self) -> dict[str, str]:

@@ -54,10 +54,17 @@ class Server:
     def output(self) -> str:
         return self.log.read_text()
 
+    def wait_for_output(self, text: str, timeout: float = 30) -> str:
+        """The server's output once it shows `text` (it is written as the server goes)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.output()
+
     def cli(self, *args: str, timeout: float = 120, stdin: str | None = None):
-        """The serve commands in their own process, as a user in a second terminal runs them."""
+        """`rayfleet ...` in its own process, as a user in a second terminal runs it."""
         return subprocess.run(
-            [sys.executable, "-m", "rayfleet.cli.serve_commands", *args],
+            [sys.executable, "-m", "rayfleet.cli.main", *args],
             capture_output=True, text=True, timeout=timeout, env=self.env, input=stdin,
         )  # fmt: skip
 
@@ -80,7 +87,7 @@ def server(trained, tmp_path_factory):
     best = parse_uri(f"s3://{BUCKET}/sweeps/{SWEEP}/best.json")
     doc = {"sweep": SWEEP, "metric": "val_accuracy", "mode": "max",
            "value": trained.metrics["val_accuracy"], "trial_id": "t0", "params": {},
-           "checkpoint": trained.checkpoint_uri}  # fmt: skip
+           "epoch": trained.epoch, "checkpoint": trained.checkpoint_uri}  # fmt: skip
     write_bytes(filesystem_for(best), best.fs_path, json.dumps(doc).encode())
 
     spec = yaml.safe_load(SERVE.read_text())
@@ -101,32 +108,51 @@ def server(trained, tmp_path_factory):
     log = work / "serve.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rayfleet.cli.serve_commands", "serve", str(spec_path),
+            [sys.executable, "-m", "rayfleet.cli.main", "serve", str(spec_path),
              "--port", str(port), "--token-file", str(token_file)],
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     srv = Server(proc, f"http://127.0.0.1:{port}", spec_path, env, log)
-    deadline = time.monotonic() + 240
-    while "Ctrl-C stops serving" not in srv.output():
-        assert proc.poll() is None, srv.output()[-3000:]
-        assert time.monotonic() < deadline, srv.output()[-3000:]
-        time.sleep(0.5)
+    _wait_ready(srv, Path(env["RAYFLEET_SERVE_STATE"]), timeout=240)
     yield srv
     stop_gracefully(proc)  # only the process this fixture started, by its handle
 
 
+def _wait_ready(srv: Server, state: Path, timeout: float) -> None:
+    """Ready as a client sees it: GET /v2/health/ready answers 200 (all replicas up), and the
+    local state file that `rayfleet predict` finds the URL in is written."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=srv.url, timeout=5) as client:
+        while True:
+            assert srv.proc.poll() is None, srv.output()[-3000:]
+            assert time.monotonic() < deadline, srv.output()[-3000:]
+            try:
+                if client.get("/v2/health/ready").status_code == 200 and state.exists():
+                    return
+            except httpx.TransportError:
+                pass  # the proxy is not listening yet
+            time.sleep(0.5)
+
+
+def _predicted(stdout: str) -> list[int]:
+    """The predicted classes in `rayfleet predict -o json` (the OIP response)."""
+    outputs = {o["name"]: o for o in json.loads(stdout)["outputs"]}
+    return outputs["predicted_class"]["data"]
+
+
 def test_serve_prints_the_url_and_predict_finds_it(server, digits_uri):
-    out = server.output()
+    out = server.wait_for_output("Ctrl-C stops serving")
     assert f"{MODEL} <- sweep {SWEEP} (val_accuracy=" in out
     assert f"serving {MODEL} at {server.url} (1 replica(s)" in out
     assert f"rayfleet predict {MODEL} --input" in out
     split = read_split(digits_uri, "val")
     examples = server.spec.parent / "examples.json"
     examples.write_text(json.dumps(split.features[:3].tolist()))
-    result = server.cli("predict", MODEL, "--input", str(examples))  # URL from the local state
+    # The URL comes from the local state.
+    result = server.cli("predict", MODEL, "--input", str(examples), "-o", "json")
     assert result.returncode == 0, result.stderr
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["0", "1", "2"]
-    assert all("class " in line for line in result.stdout.splitlines())
+    classes = _predicted(result.stdout)
+    assert len(classes) == 3 and all(0 <= c <= 9 for c in classes)
 
 
 @pytest.mark.security
@@ -216,11 +242,15 @@ def test_bad_inputs_get_only_4xx_never_5xx(server):
 
 
 def test_status_lists_the_running_deployment(server):
-    result = server.cli("serve", "status")
+    result = server.cli("serve", "status", "-o", "json")
     assert result.returncode == 0, result.stderr
-    row = next(line for line in result.stdout.splitlines() if line.startswith("digits "))
-    assert row.split()[:4] == ["digits", MODEL, "RUNNING", "1/1"]
-    assert server.url in row and "checkpoint_e000001-" in row
+    doc = json.loads(result.stdout)
+    assert doc["serving"] is True
+    app = next(a for a in doc["applications"] if a["name"] == "digits")
+    assert (app["model"], app["status"], app["running"], app["target"]) == (
+        MODEL, "RUNNING", 1, "1"
+    )  # fmt: skip
+    assert app["url"].startswith(server.url) and "checkpoint_e000001-" in app["checkpoint"]
 
 
 def test_replicas_1_2_1_in_place_under_load_without_failed_requests(server):
@@ -374,13 +404,13 @@ def test_auth_turned_on_in_place(server, trained):
     refused = server.cli("predict", MODEL, "--input", str(examples), "--retries", "0")
     assert refused.returncode == 2 and "HTTP 401" in refused.stderr, refused.stderr
     with_env = subprocess.run(
-        [sys.executable, "-m", "rayfleet.cli.serve_commands", "predict", MODEL, "--input",
-         str(examples)],
+        [sys.executable, "-m", "rayfleet.cli.main", "predict", MODEL, "--input",
+         str(examples), "-o", "json"],
         capture_output=True, text=True, timeout=120,
         env={**server.env, "RAYFLEET_SERVE_TOKEN": TOKEN},
     )  # fmt: skip
     assert with_env.returncode == 0, with_env.stderr
-    assert with_env.stdout.startswith("0  class ")
+    assert len(_predicted(with_env.stdout)) == 1
     details = subprocess.run(
         [sys.executable, "-c", SERVE_DETAILS], capture_output=True, text=True, timeout=120,
         env=server.env,

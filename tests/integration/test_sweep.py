@@ -126,14 +126,17 @@ def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_
 
     env = {**os.environ, "RAYFLEET_STORAGE": STORAGE}
     shown = subprocess.run(
-        [sys.executable, "-m", "rayfleet.cli.main", "sweep", "results", name],
+        [sys.executable, "-m", "rayfleet.cli.main", "sweep", "results", name, "-o", "json"],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
-    assert best.trial_id in shown.stdout and best.checkpoint in shown.stdout
+    doc = json.loads(shown.stdout)
+    assert doc["best"]["trialId"] == best.trial_id
+    assert doc["best"]["checkpoint"] == best.checkpoint
+    assert [t["trialId"] for t in doc["trials"]] == [t.trial_id for t in table.trials]
 
     again = _sweep(spec)  # an existing sweep is continued only on purpose
     out, _ = again.communicate(timeout=120)

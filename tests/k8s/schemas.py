@@ -100,9 +100,37 @@ def validate_builtin(obj: dict[str, Any]) -> None:
         ) from None
 
 
+@cache
+def model_deployment_validator() -> jsonschema.protocols.Validator:
+    """rayfleet's own CRD (generated from the spec models) as the API server applies it:
+    unknown fields refused. Draft 4 semantics: OpenAPI v3.0's boolean exclusiveMinimum."""
+    from rayfleet.k8s import crd
+
+    (version,) = crd.crd()["spec"]["versions"]
+    return jsonschema.Draft4Validator(strict(version["schema"]["openAPIV3Schema"]))
+
+
+def validate_model_deployment(obj: dict[str, Any]) -> None:
+    """The CRD's schema; of `metadata` it constrains `name` only (the API server validates the
+    rest of ObjectMeta itself), so labels and annotations are not checked here."""
+    doc = {**obj, "metadata": {"name": obj["metadata"].get("name")}}
+    errors = [
+        f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message[:300]}"
+        for e in model_deployment_validator().iter_errors(doc)
+    ]
+    if errors:
+        raise AssertionError(
+            f"ModelDeployment {obj['metadata']['name']} fails its CRD schema:\n  "
+            + "\n  ".join(errors[:20])
+        )
+
+
 def validate(obj: dict[str, Any]) -> None:
-    """Ray kinds against the strict CRD schema, everything else with kubernetes-validate."""
+    """Ray kinds against the strict KubeRay CRD schema, ModelDeployments against rayfleet's
+    CRD, everything else with kubernetes-validate."""
     if obj["kind"] in CRD_FILES:
         validate_ray(obj)
+    elif obj["kind"] == "ModelDeployment":
+        validate_model_deployment(obj)
     else:
         validate_builtin(obj)

@@ -1,5 +1,10 @@
 """charts/rayfleet rendered by a real Helm engine for every ci/ profile, then validated and
-checked for the security properties it promises (see the chart README)."""
+checked for the security properties it promises (see the chart README).
+
+The Python renderer is canonical. The chart's serving path is a ModelDeployment for the
+operator, so its RayService, NetworkPolicy and PDB are the operator's (Python) output, checked
+here as installed (conftest.installed_objects). The RayCluster is the one Ray object the chart
+templates itself; its pods are checked against expectations derived from k8s/pods.py."""
 
 from __future__ import annotations
 
@@ -11,10 +16,19 @@ import jsonschema
 import pytest
 import yaml
 
-from rayfleet.k8s import pods
+from rayfleet.k8s import pods, reconcile
+from rayfleet.serve.config import serve_config_text
 from tests.k8s import security
 from tests.k8s.chart_docs import documented, readme_rows, rows
-from tests.k8s.conftest import CHART, PROFILES, chart_objects, profile_values, render_chart
+from tests.k8s.conftest import (
+    CHART,
+    PROFILES,
+    chart_objects,
+    installed_objects,
+    operator_children,
+    profile_values,
+    render_chart,
+)
 from tests.k8s.objects import RAY_KINDS, by_kind, cluster_specs, pod_templates
 from tests.k8s.schemas import CRD_DIR, CRD_FILES, REPO, crd_dir, validate
 
@@ -117,16 +131,31 @@ def _ray_containers(objects: list[dict[str, Any]]):
                     yield where, template, c
 
 
+def _env(container: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """A container's env as the kubelet sets it: envFrom ConfigMaps (in `objects`), then env."""
+    out: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            name = source["configMapRef"]["name"]
+            (config,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == name]
+            out |= config.get("data") or {}
+    return out | {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
 def test_storage_env_on_every_ray_container(profile_objects):
-    for where, _, c in _ray_containers(profile_objects["cpu-only"]):
-        env = {e["name"]: e.get("value") for e in c["env"]}
+    """The chart's Ray pods and the operator's read one storage ConfigMap the chart renders."""
+    objects = profile_objects["cpu-only"]
+    for where, _, c in _ray_containers(objects):
+        env = _env(c, objects)
         assert env["RAYFLEET_STORAGE"] == "s3://rayfleet-ci/team-a", where
         assert env["AWS_REGION"] == "us-east-1", where
         assert "AWS_ENDPOINT_URL" not in env, where
-    for where, _, c in _ray_containers(profile_objects["serving"]):
-        env = {e["name"]: e.get("value") for e in c["env"]}
+    objects = profile_objects["serving"]
+    assert by_kind(objects, "RayService")
+    for where, _, c in _ray_containers(objects):
+        env = _env(c, objects)
         assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000", where
-        assert c["envFrom"] == [{"secretRef": {"name": "minio-credentials"}}], where
+        assert {"secretRef": {"name": "minio-credentials"}} in c["envFrom"], where
 
 
 def test_service_account_carries_the_cloud_identity(profile_objects):
@@ -174,30 +203,52 @@ def test_only_the_autoscaler_sidecar_mounts_an_api_token(profile_objects):
     assert "kube-api-access" not in "".join(no_autoscaler.values())
 
 
-def test_serving_profile_renders_a_rayservice_from_typed_values(profile_objects):
-    """serveConfigV2 is the ModelDeployment built from values, valid for the spec models."""
-    from rayfleet.specs import ModelDeployment, parse_spec
-
-    objects = profile_objects["serving"]
-    assert not by_kind(objects, "RayCluster")
-    (service,) = by_kind(objects, "RayService")
-    config = yaml.safe_load(service["spec"]["serveConfigV2"])
-    (app,) = config["applications"]
-    deployment = parse_spec(app["args"]["spec"], source="serveConfigV2")
-    assert isinstance(deployment, ModelDeployment)
+def test_serving_profile_is_a_model_deployment_the_operator_serves(rendered_profiles):
+    """The chart templates no RayService: it renders a ModelDeployment, and what reaches the
+    cluster for it is the operator's output, the Serve config rayfleet.serve.config builds."""
+    objects = chart_objects(rendered_profiles["serving"])
+    assert not by_kind(objects, "RayService") and not by_kind(objects, "RayCluster")
+    (md,) = by_kind(objects, "ModelDeployment")
+    deployment = reconcile.parse(md)
     assert deployment.model_name == "digits"
     assert deployment.spec.source.run == "digits"
-    assert app["route_prefix"] == "/digits"
-    (server,) = app["deployments"]
-    assert server["autoscaling_config"]["max_replicas"] == 4
-    assert "num_replicas" not in server
-    ports = {
-        p["name"]
-        for p in service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
-            "containers"
-        ][0]["ports"]
-    }
-    assert "serve" in ports
+    assert deployment.spec.route_prefix == "/digits"
+    assert deployment.spec.autoscaling.max_replicas == 4
+    children = operator_children(objects)
+    assert sorted(o["kind"] for o in children) == [
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "RayService",
+    ]
+    (service,) = by_kind(children, "RayService")
+    assert service["metadata"]["name"] == md["metadata"]["name"]
+    assert service["spec"]["serveConfigV2"] == serve_config_text(deployment)
+    # The chart's operator gets the values its Ray pods need: the ingress controller may reach
+    # Serve, MinIO's port is open, the credentials Secret and the chart's images are used.
+    (policy,) = by_kind(children, "NetworkPolicy")
+    serve_rule = next(r for r in policy["spec"]["ingress"] if r.get("ports") == [
+        {"protocol": "TCP", "port": 8000}])  # fmt: skip
+    peers = profile_values("serving")["networkPolicy"]["serveFrom"]
+    assert serve_rule["from"][1:] == list(peers.values())
+    assert {"protocol": "TCP", "port": 9000} in policy["spec"]["egress"][-1]["ports"]
+    images = {c["image"] for _, t in pod_templates(service) for c in t["spec"]["containers"]}
+    assert images == {pods.default_image(False)}
+
+
+def _serve_spec(values: dict[str, Any]) -> dict[str, Any]:
+    """The ModelDeployment spec the chart documents for these serve.* values."""
+    s = _merge(render_defaults()["serve"], values)
+    spec = {"modelName": s["name"]}
+    for key in ("source", "batching", "cpusPerReplica", "gpusPerReplica", "maxRequestBytes",
+                "routePrefix"):  # fmt: skip
+        spec[key] = s[key]
+    if s["auth"]["tokenSecretName"]:
+        spec["auth"] = s["auth"]
+    if s["autoscaling"]["enabled"]:
+        spec["autoscaling"] = {k: v for k, v in s["autoscaling"].items() if k != "enabled"}
+    else:
+        spec["replicas"] = s["replicas"]
+    return spec
 
 
 @pytest.mark.parametrize(
@@ -209,48 +260,70 @@ def test_serving_profile_renders_a_rayservice_from_typed_values(profile_objects)
         {
             "source": {"checkpoint": "s3://models/runs/d/checkpoint_e000001-abc"},
             "gpusPerReplica": 1,
+            "maxRequestBytes": 4194304,
         },
         {"source": {"run": "digits"}, "auth": {"tokenSecretName": "digits-token"}},
     ],
     ids=["defaults", "autoscaling", "sweep", "checkpoint", "auth"],
 )
-def test_serve_config_matches_rayfleet_serve(serve_values):
-    """The chart's serveConfigV2 equals what rayfleet's Serve code builds for the same spec."""
-    from rayfleet.serve.deployment import application_config
+def test_serve_values_become_the_model_deployment(serve_values):
+    """serve.* values map onto the ModelDeployment spec field by field; the object passes the
+    CRD and the spec models; the operator serves exactly rayfleet.serve.config's document."""
     from rayfleet.specs import parse_spec
 
-    (service,) = by_kind(
-        chart_objects(render_chart({"serve": {"enabled": True, **serve_values}})), "RayService"
+    values = {"serve": {"enabled": True, **serve_values}, "operator": {"enabled": True}}
+    objects = chart_objects(render_chart(values))
+    (md,) = by_kind(objects, "ModelDeployment")
+    validate(md)
+    expected = parse_spec(
+        {
+            "apiVersion": "rayfleet.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": md["metadata"]["name"]},
+            "spec": _serve_spec(serve_values),
+        }
     )
-    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
-    s = _merge(render_defaults()["serve"], serve_values)
-    spec = {
-        k: s[k]
-        for k in (
-            "source",
-            "batching",
-            "cpusPerReplica",
-            "gpusPerReplica",
-            "maxRequestBytes",
-            "routePrefix",
-        )
-    }
-    if s["auth"]["tokenSecretName"]:
-        spec["auth"] = s["auth"]
-    if s["autoscaling"]["enabled"]:
-        spec["autoscaling"] = {k: v for k, v in s["autoscaling"].items() if k != "enabled"}
-    else:
-        spec["replicas"] = s["replicas"]
-    doc = {
-        "apiVersion": "rayfleet.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": s["name"]},
-        "spec": spec,
-    }
-    expected = application_config(parse_spec(doc, source="values"))
-    # The chart leaves max_ongoing_requests to the builder, which sets it from the same spec.
-    expected["deployments"][0].pop("max_ongoing_requests")
-    assert _normal(app) == _normal(expected)
+    assert reconcile.parse(md) == expected
+    (service,) = by_kind(operator_children(objects), "RayService")
+    assert service["spec"]["serveConfigV2"] == serve_config_text(expected)
+    validate(service)
+
+
+def test_serve_values_schema_agrees_with_the_spec_models():
+    """serve.* values become a ModelDeployment spec: their schema takes its bounds from the
+    CRD (generated from the spec models) and names from the one name rule (specs.base), so
+    `helm install` refuses what the operator would refuse, and nothing it would accept."""
+    from rayfleet.k8s import crd
+    from rayfleet.specs.base import MAX_NAME, NAME_RE
+
+    spec = crd.spec_schema()
+    serve = json.loads((CHART / "values.schema.json").read_text())["properties"]["serve"]
+
+    def node(schema: dict[str, Any], path: str) -> dict[str, Any]:
+        for part in path.split("."):
+            schema = schema["properties"][part]
+        return schema
+
+    shared = [
+        "batching.maxBatchSize", "batching.batchWaitTimeoutS", "autoscaling.minReplicas",
+        "autoscaling.maxReplicas", "cpusPerReplica", "gpusPerReplica", "maxRequestBytes",
+        "replicas",
+    ]  # fmt: skip
+    for path in shared:
+        want, have = node(spec, path), node(serve, path)
+        for key in ("minimum", "maximum"):
+            assert have.get(key) == want.get(key), (path, key)
+    # OpenAPI v3.0's boolean exclusiveMinimum is draft 7's number.
+    target = node(spec, "autoscaling.targetOngoingRequests")
+    assert target["exclusiveMinimum"] is True
+    assert node(serve, "autoscaling.targetOngoingRequests")["exclusiveMinimum"] == target["minimum"]
+    token = node(spec, "auth.tokenSecretName")
+    have = node(serve, "auth.tokenSecretName")  # "" is "no token"
+    assert have["pattern"] == f"^({token['pattern'][1:-1]})?$"
+    assert have["maxLength"] == token["maxLength"]
+    for path in ("name", "source.run", "source.sweep"):
+        assert node(serve, path)["pattern"] == f"^{NAME_RE.pattern}$", path
+        assert node(serve, path)["maxLength"] == MAX_NAME, path
 
 
 def render_defaults() -> dict[str, Any]:
@@ -265,15 +338,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
-    return out
-
-
-def _normal(app: dict[str, Any]) -> dict[str, Any]:
-    """The spec compared as parsed (defaults filled in), numbers as numbers."""
-    from rayfleet.specs import parse_spec
-
-    out = json.loads(json.dumps(app))
-    out["args"]["spec"] = parse_spec(out["args"]["spec"]).model_dump(by_alias=True)
     return out
 
 
@@ -294,6 +358,7 @@ def _normal(app: dict[str, Any]) -> dict[str, Any]:
         ({"podSecurity": {"runAsUser": 0}}, "runAsUser"),
         ({"serve": {"source": {"run": "a", "sweep": "b"}}}, "source"),
         ({"serve": {"routePrefix": "digits/"}}, "routePrefix"),
+        ({"serve": {"source": {"run": "9digits"}}}, "run"),
         ({"networkPolicy": {"egress": {"ports": [70000]}}}, "ports"),
         ({"networkPolicy": {"submitters": {"ci": {"podSelectr": {}}}}}, "podSelectr"),
     ],
@@ -350,20 +415,85 @@ def test_every_value_is_documented():
         )
 
 
-def test_security_contexts_match_rayfleet_render(profile_objects):
-    """The chart and `rayfleet render` harden pods identically (one source of truth each,
-    compared here)."""
-    (cluster,) = by_kind(profile_objects["default"], "RayCluster")
-    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
-    assert head["securityContext"] == pods.pod_security_context()
-    assert head["containers"][0]["securityContext"] == pods.container_security_context()
-    assert cluster["spec"]["autoscalerOptions"]["securityContext"] == (
-        pods.container_security_context()
+@pytest.mark.parametrize("profile", ALL)
+def test_chart_ray_pods_are_what_pods_py_says(profile, rendered_profiles):
+    """The RayCluster is the one Ray object the chart templates; every pod of it is checked
+    against expectations derived from k8s/pods.py (what `rayfleet render` and the operator
+    write): pod and container security, HOME and working directory, Ray's volumes and mounts,
+    ports, the storage ConfigMap, no API token, the cluster label."""
+    objects = chart_objects(rendered_profiles[profile])
+    storage = [
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-storage")
+    ]
+    for cluster in by_kind(objects, "RayCluster"):
+        name = cluster["metadata"]["name"]
+        if cluster["spec"]["enableInTreeAutoscaling"]:
+            auto = cluster["spec"]["autoscalerOptions"]
+            assert auto["securityContext"] == pods.container_security_context()
+            assert auto["env"] == pods.home_env()
+        for where, template in pod_templates(cluster):
+            spec = template["spec"]
+            (c,) = spec["containers"]
+            head = where.endswith("head")
+            assert template["metadata"]["labels"][pods.CLUSTER_LABEL] == name, where
+            assert spec["automountServiceAccountToken"] is False, where
+            assert spec["securityContext"] == pods.pod_security_context(), where
+            assert c["securityContext"] == pods.container_security_context(), where
+            assert c["workingDir"] == pods.HOME, where
+            assert c["env"][: len(pods.home_env())] == pods.home_env(), where
+            assert c["envFrom"][0] == {"configMapRef": {"name": storage[0]["metadata"]["name"]}}
+            assert c["volumeMounts"] == pods.ray_volume_mounts(), where
+            shm = next(v for v in spec["volumes"] if v["name"] == "shm")
+            own = [v for v in spec["volumes"] if v["name"] != "kube-api-access"]
+            assert own == pods.ray_volumes(shm["emptyDir"]["sizeLimit"]), where
+            assert c.get("ports") == (pods.container_ports(serve=False) if head else None), where
+            limits = c["resources"]["limits"]
+            if pods.GPU_RESOURCE in limits:
+                assert c["image"].endswith(f"-{pods.PYTHON_TAG}-gpu"), where
+
+
+def test_image_values_reach_every_pod_the_release_makes():
+    """imagePullSecrets and the image repository reach the chart's pods and, through the
+    operator's flags, the pods of the RayService it makes for the release's model."""
+    values = {
+        "imagePullSecrets": ["regcred"],
+        "image": {"repository": "registry.example/ml/rayfleet", "tag": "t1", "gpuTag": "t1-gpu"},
+        "serve": {"enabled": True, "source": {"run": "d"}, "gpusPerReplica": 1},
+        "operator": {"enabled": True},
+    }
+    objects = installed_objects(render_chart(values))
+    (operator,) = by_kind(objects, "Deployment")
+    templates = [("operator", operator["spec"]["template"])]
+    templates += [(w, t) for o in objects for w, t in pod_templates(o)]
+    kinds = set()
+    for where, template in templates:
+        assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}], where
+        for c in template["spec"]["containers"]:
+            gpu = pods.GPU_RESOURCE in c.get("resources", {}).get("limits", {})
+            assert c["image"] == f"registry.example/ml/rayfleet:{'t1-gpu' if gpu else 't1'}", where
+        kinds.add(where.split("/")[0].split()[0])
+    assert kinds == {"operator", "RayCluster", "Pod", "RayService"}
+
+
+def test_rendered_yaml_has_no_duplicate_keys(rendered_profiles):
+    """The API server refuses duplicate fields (strict decoding); PyYAML keeps the last one,
+    so every rendered document is parsed here with a loader that refuses them."""
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            duplicated = {k for k in keys if keys.count(k) > 1}
+            assert not duplicated, f"duplicate keys {duplicated} at {node.start_mark}"
+            return super().construct_mapping(node, deep=deep)
+
+    variants = dict(rendered_profiles)
+    variants["operator-cluster-wide"] = render_chart(
+        {"operator": {"enabled": True, "clusterWide": True}, "imagePullSecrets": ["regcred"]}
     )
-    ports = {p["name"]: p["containerPort"] for p in head["containers"][0]["ports"]}
-    assert ports == pods.RAY_PORTS
-    assert head["volumes"][0] == pods.ray_volumes("x")[0]
-    assert head["containers"][0]["volumeMounts"] == pods.ray_volume_mounts()
+    for rendered in variants.values():
+        for path, text in rendered.items():
+            if path.endswith(".yaml"):
+                list(yaml.load_all(text, Loader=Strict))  # a SafeLoader
 
 
 def test_versions_agree():
@@ -386,21 +516,27 @@ def test_versions_agree():
 def test_long_release_names_fit_kuberay_limits():
     name = "a" * 53
     serve = {"enabled": True, "source": {"run": "digits"}}
-    objects = chart_objects(render_chart({"serve": serve}, name=name))
+    objects = installed_objects(
+        render_chart({"serve": serve, "operator": {"enabled": True}}, name=name)
+    )
+    assert by_kind(objects, "RayService")
     for obj in objects:
         if obj["kind"] == "RayCluster":
             assert len(obj["metadata"]["name"]) <= 50
-        if obj["kind"] == "RayService":
+        if obj["kind"] in ("RayService", "ModelDeployment"):
             assert len(obj["metadata"]["name"]) <= 47
     for obj in objects:
         for cluster in cluster_specs(obj):
             assert cluster["authOptions"]["mode"] == "token"
 
 
+_OPERATOR = {"operator": {"enabled": True}}
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"serve": {"enabled": True}}, "serve.source: set exactly one of"),
+        ({"serve": {"enabled": True}, **_OPERATOR}, "serve.source: set exactly one of"),
         ({"workerGroups": {"cpu": {"replicas": 9}}}, "workerGroups.cpu: needs minReplicas <="),
         (
             {
@@ -408,12 +544,18 @@ def test_long_release_names_fit_kuberay_limits():
                     "enabled": True,
                     "source": {"run": "d"},
                     "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
-                }
+                },
+                **_OPERATOR,
             },
             "serve.autoscaling: minReplicas (5) is above maxReplicas (2)",
         ),
+        (
+            {"serve": {"enabled": True, "source": {"run": "d"}}},
+            "serve.enabled: the model is a ModelDeployment that the rayfleet operator turns "
+            "into a RayService; set operator.enabled=true too",
+        ),
     ],
-    ids=["no-source", "replicas-out-of-range", "serve-min-above-max"],
+    ids=["no-source", "replicas-out-of-range", "serve-min-above-max", "serve-without-operator"],
 )
 def test_inconsistent_values_fail_clearly(values, message):
     import helm_python

@@ -1,6 +1,6 @@
 """Issue 12 hardening, asserted on what reaches the API server from every path that writes a
-Ray pod: the chart (every ci/ profile), `rayfleet render` (every shipped spec) and the
-operator's RayService.
+Ray pod: the chart (every ci/ profile, its serving through the operator included),
+`rayfleet render` (every shipped spec) and the operator's RayService.
 
 - No Ray container gets a Kubernetes API token; the autoscaler sidecar alone mounts one.
 - Every container runs with a read-only root filesystem and writable emptyDirs where Ray
@@ -17,7 +17,7 @@ import yaml
 
 from rayfleet.k8s import RENDERERS, pods, read_spec_file, reconcile, render_objects
 from tests.k8s import security
-from tests.k8s.conftest import chart_objects, render_chart
+from tests.k8s.conftest import installed_objects, render_chart
 from tests.k8s.objects import by_kind, cluster_specs
 from tests.k8s.schemas import REPO, validate
 
@@ -54,6 +54,9 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
+SERVING = {"serve": {"enabled": True, "source": {"run": "d"}}, "operator": {"enabled": True}}
+
+
 # ------------------------------------------------------------------- item 5: API tokens
 
 
@@ -83,7 +86,7 @@ def test_only_the_autoscaler_mounts_the_token_and_kuberay_can_build_it(profile_o
     ray_tmp = next(m for m in head["containers"][0]["volumeMounts"] if m["mountPath"] == "/tmp/ray")
     assert {"name": ray_tmp["name"], "mountPath": "/tmp/ray"} in mounts
     validate(cluster)
-    off = chart_objects(render_chart({"autoscaling": {"enabled": False}}))
+    off = installed_objects(render_chart({"autoscaling": {"enabled": False}}))
     (plain,) = by_kind(off, "RayCluster")
     assert "autoscalerOptions" not in plain["spec"]
     assert security.assert_no_api_token_in_ray_containers(off) == 0
@@ -95,7 +98,8 @@ def test_only_the_autoscaler_mounts_the_token_and_kuberay_can_build_it(profile_o
 def test_every_container_has_a_read_only_root(profile_objects):
     for where, objects in every_output(profile_objects).items():
         assert security.assert_read_only_root(objects), where
-    serving = chart_objects(render_chart({"serve": {"enabled": True, "source": {"run": "d"}}}))
+    serving = installed_objects(render_chart(SERVING))
+    assert by_kind(serving, "RayService")
     security.assert_read_only_root(serving)
 
 
@@ -133,13 +137,16 @@ def test_operator_rayservice_validates_with_the_new_layout():
 # ------------------------------------------------------------------------ NOTES (item 10)
 
 
+SERVE_NOTE = "Serve's HTTP port (8000) is unauthenticated on team-a-rayfleet-serve"
+
+
 def test_notes_say_serve_is_unauthenticated():
-    serving = render_chart({"serve": {"enabled": True, "source": {"run": "d"}}})
+    serving = render_chart(SERVING)
     notes = serving["rayfleet/templates/NOTES.txt"]
-    assert "Serve's HTTP port (8000) is unauthenticated" in notes
+    assert SERVE_NOTE in notes
     assert "tokenSecretName" in notes and "ingress" in notes
     operator = render_chart({"operator": {"enabled": True}})["rayfleet/templates/NOTES.txt"]
-    assert "unauthenticated" in operator
+    assert "unauthenticated" in operator and "spec.auth.tokenSecretName" in operator
     plain = render_chart()["rayfleet/templates/NOTES.txt"]
     assert "unauthenticated" not in plain  # no Serve port in a training-only release
 
@@ -188,16 +195,21 @@ def test_serve_token_reaches_every_ray_container_from_its_secret(tmp_path):
 def test_chart_serving_values_take_the_same_switch():
     from rayfleet.specs import parse_spec
 
-    values = {"serve": {"enabled": True, "source": {"run": "d"},
-                        "auth": {"tokenSecretName": "digits-token"}}}  # fmt: skip
-    objects = chart_objects(render_chart(values))
+    values = {
+        "serve": {"enabled": True, "source": {"run": "d"},
+                  "auth": {"tokenSecretName": "digits-token"}},
+        "operator": {"enabled": True},
+    }  # fmt: skip
+    objects = installed_objects(render_chart(values))
+    (md,) = by_kind(objects, "ModelDeployment")
+    assert md["spec"]["auth"] == {"tokenSecretName": "digits-token"}
     for container in _ray_containers(objects):
         assert TOKEN_ENV in container["env"], container["name"]
     (service,) = by_kind(objects, "RayService")
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     assert parse_spec(app["args"]["spec"]).spec.auth.token_secret_name == "digits-token"
     notes = render_chart(values)["rayfleet/templates/NOTES.txt"]
-    assert "unauthenticated" not in notes
+    assert SERVE_NOTE not in notes
     # The RayCluster (training) never gets the Serve token.
     (cluster,) = by_kind(objects, "RayCluster")
     for template in [cluster["spec"]["headGroupSpec"]["template"]]:

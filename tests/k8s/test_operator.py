@@ -11,7 +11,7 @@ import kopf
 import pytest
 import yaml
 
-from rayfleet.k8s import crd, reconcile
+from rayfleet.k8s import crd, pods, reconcile
 from rayfleet.k8s import operator as op
 from rayfleet.k8s.serveconfig import targets
 from tests.k8s.conftest import chart_objects, render_chart
@@ -274,22 +274,55 @@ def test_chart_operator_pod_is_hardened_and_its_flags_parse():
     assert f"--storage-config={config_map['metadata']['name']}" in container["command"]
     assert config_map["data"]["RAYFLEET_STORAGE"] == "s3://models/rayfleet"
     # The flags the chart passes are ones the entrypoint accepts (parsed, kopf not started).
-    import argparse
+    args = op.parser().parse_args(container["command"][3:])
+    assert args.namespace == ["ml"]
+    options = op.options_from(args)
+    assert options.egress_ports == (443, 6443)
+    assert options.storage_config == config_map["metadata"]["name"]
+    assert options.image == pods.default_image(False)
+    assert options.gpu_image == pods.default_image(True)
 
-    seen = {}
-    real = argparse.ArgumentParser.parse_args
 
-    def capture(self, argv=None, namespace=None):
-        seen["args"] = real(self, argv, namespace)
-        raise SystemExit(0)
+def test_operator_flags_are_render_flags():
+    """Declared once (RenderOptions): every operator flag is a `rayfleet render` flag of the
+    same name and meaning; the operator leaves out only the namespace and RayJob settings."""
+    import typer.main
 
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        with pytest.raises(SystemExit):
-            op.main(container["command"][3:])
-    finally:
-        argparse.ArgumentParser.parse_args = real
-    assert seen["args"].namespace == ["ml"] and seen["args"].egress_port == [443, 6443]
+    from rayfleet.cli.render_commands import render
+    from rayfleet.k8s.options import FLAGS, OPERATOR_FLAGS, from_flags
+
+    app = typer.Typer()
+    app.command()(render)
+    command = typer.main.get_command(app)
+    render_flags = {o for p in command.params if p.param_type_name == "option" for o in p.opts}
+    operator_flags = {
+        o for a in op.parser()._actions for o in a.option_strings if o.startswith("--")
+    }
+    assert {f.option for f in FLAGS} <= render_flags
+    assert operator_flags - {f.option for f in OPERATOR_FLAGS} == {
+        "--help", "--namespace", "--all-namespaces", "--liveness"
+    }  # fmt: skip
+    assert {f.option for f in FLAGS} - {f.option for f in OPERATOR_FLAGS} == {
+        "--namespace", "--ttl-seconds-after-finished", "--active-deadline-seconds",
+        "--backoff-limit",
+    }  # fmt: skip
+    argv = [
+        "-n", "ml", "--image=r/i:1", "--egress-port=443", "--egress-port=9000",
+        "--egress-cidr=10.0.0.0/8", "--image-pull-secret=regcred", "--head-cpu=2",
+        '--serve-from={"namespaceSelector":{"matchLabels":{"team":"edge"}}}',
+    ]  # fmt: skip
+    options = op.options_from(op.parser().parse_args(argv))
+    assert options == from_flags(
+        {
+            "image": "r/i:1",
+            "egress_ports": [443, 9000],
+            "egress_cidrs": ["10.0.0.0/8"],
+            "image_pull_secrets": ["regcred"],
+            "head_cpu": "2",
+            "serve_from": [{"namespaceSelector": {"matchLabels": {"team": "edge"}}}],
+        }
+    )
+    assert op.options_from(op.parser().parse_args(["-A"])) == from_flags({})
 
 
 # ------------------------------------------- issue 12 item 7: children survive a re-create

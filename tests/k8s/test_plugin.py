@@ -267,3 +267,28 @@ def test_status_lists_model_deployments_and_rayservices(api):
     lines = [line.split() for line in result.output.splitlines()]
     assert ["ModelDeployment", "digits", "3", "1", "Serving", "Upscaling"] in lines
     assert ["RayService", "digits", "digits/ModelServer=1", "True", "digits=RUNNING"] in lines
+
+
+# ----------------------------------------------------- --kube-context: one name, one meaning
+
+
+def test_kube_context_names_a_kubeconfig_context(monkeypatch):
+    """`--kube-context` (as helm names it) is a kubeconfig context; `--context` is Ray's in
+    `rayfleet`, so here it is only a hidden, deprecated alias."""
+    seen: list[str | None] = []
+    fake = FakeCluster("ml")
+    fake.put(overlay_service())
+
+    def cluster(kube_context):
+        seen.append(kube_context)
+        return fake
+
+    monkeypatch.setattr(plugin, "_cluster", cluster)
+    assert run("status", "--kube-context", "prod").exit_code == 0
+    old = run("scale", "digits", "--replicas", "2", "--context", "staging")
+    assert old.exit_code == 0, old.output
+    assert "--context is deprecated here; use --kube-context" in old.output
+    assert seen == ["prod", "staging"]
+    for command in ("status", "scale"):
+        help_text = run(command, "--help").output
+        assert "--kube-context" in help_text and "--context " not in help_text

@@ -183,7 +183,7 @@ def test_cli_writes_stdout_or_a_file(tmp_path):
     assert result.stdout == render_text(DIGITS)
     target = tmp_path / "digits.yaml"
     result = CliRunner().invoke(
-        cli(), ["render", DIGITS, "-o", str(target), "--egress-port", "9000"]
+        cli(), ["render", DIGITS, "--out-file", str(target), "--egress-port", "9000"]
     )
     assert result.exit_code == 0, result.output
     assert target.read_text() == render_text(DIGITS, options=RenderOptions(egress_ports=(9000,)))
@@ -213,20 +213,67 @@ def test_a_renderer_per_kind():
 
 
 def test_model_deployment_renders_a_rayservice_with_the_local_serve_config():
+    """serveConfigV2 is rayfleet.serve.config's document, the one `rayfleet serve` deploys."""
     import yaml as _yaml
 
-    from rayfleet.serve.deployment import application_config
+    from rayfleet.serve.config import serve_config
     from rayfleet.specs import load_spec
 
     objects = render_objects(read_spec_file("jobs/digits/serve.yaml"))
     service = next(o for o in objects if o["kind"] == "RayService")
     config = _yaml.safe_load(service["spec"]["serveConfigV2"])
-    assert config == {"applications": [application_config(load_spec("jobs/digits/serve.yaml"))]}
+    assert config == serve_config(load_spec("jobs/digits/serve.yaml"))
     policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
     assert any(
         {"port": 8000, "protocol": "TCP"} in rule.get("ports", [])
         for rule in policy["spec"]["ingress"]
     )
+
+
+def test_serving_options_reach_the_rayservice():
+    """--serve-from peers reach Serve only; --egress-cidr narrows egress; --gpu-image and
+    --image-pull-secret reach every pod."""
+    ingress = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}
+    objects = objects_for(
+        "jobs/digits/serve.yaml",
+        overrides=["spec.gpusPerReplica=1"],
+        serve_from=(ingress,),
+        egress_cidrs=("10.0.0.0/8",),
+        gpu_image="registry.example/rayfleet:dev-gpu",
+        image_pull_secrets=("regcred",),
+    )
+    for obj in objects:
+        validate(obj)
+    security.assert_network_policy(objects, serve_peers=1)
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    serve_rules = [r for r in policy["spec"]["ingress"] if ingress in r["from"]]
+    assert [r["ports"] for r in serve_rules] == [[{"protocol": "TCP", "port": 8000}]]
+    assert policy["spec"]["egress"][-1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    (service,) = by_kind(objects, "RayService")
+    for where, template in pod_templates(service):
+        assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}], where
+        (c,) = template["spec"]["containers"]
+        gpu = pods.GPU_RESOURCE in c["resources"]["limits"]
+        want = "registry.example/rayfleet:dev-gpu" if gpu else pods.default_image(False)
+        assert c["image"] == want, where
+    # A training job has no Serve rule, whatever --serve-from says.
+    (job_policy,) = by_kind(objects_for(serve_from=(ingress,)), "NetworkPolicy")
+    assert all(ingress not in r["from"] for r in job_policy["spec"]["ingress"])
+
+
+def test_render_flags_round_trip_through_the_header():
+    """The header's command is built from the same flag declarations the command parses."""
+    options = RenderOptions(
+        namespace="ml",
+        egress_ports=(443, 9000),
+        serve_from=({"podSelector": {"matchLabels": {"app": "gw"}}},),
+        image_pull_secrets=("a", "b"),
+    )
+    text = render_text("jobs/digits/serve.yaml", options=options)
+    command = shlex.split(text.splitlines()[0].split("`")[1])
+    result = CliRunner().invoke(cli(), command[1:])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == text
 
 
 def test_sweep_renders_with_its_train_job_and_room_for_concurrent_trials():
@@ -256,6 +303,12 @@ def test_bad_options_are_refused():
         RenderOptions(egress_ports=(0,))
     with pytest.raises(BadInputError, match="backoff-limit"):
         RenderOptions(backoff_limit=-1)
+    with pytest.raises(BadInputError, match="not a CIDR"):
+        RenderOptions(egress_cidrs=("10.0.0/33x",))
+    with pytest.raises(BadInputError, match="not JSON"):
+        RenderOptions(serve_from=("{nope",))
+    with pytest.raises(BadInputError, match="podSelector, namespaceSelector and/or ipBlock"):
+        RenderOptions(serve_from=({"podSelectr": {}},))
 
 
 def test_every_shipped_train_spec_renders():

@@ -157,10 +157,14 @@ def test_predict_builds_the_request_from_model_metadata(server, tmp_path):
 def test_predict_reads_stdin_and_npy(server, tmp_path):
     tensor = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0] * 64}
     request = {"inputs": [tensor]}
-    args = ["predict", "m", "--input", "-", "--url", server.url, "--json"]
+    args = ["predict", "m", "--input", "-", "--url", server.url, "-o", "json"]
     result = CliRunner().invoke(_cli(), args, input=json.dumps(request))
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == OK
+    server.script.append((200, OK, JSON))
+    deprecated = [*args[:-2], "--json"]  # the old flag, kept as a hidden alias of -o json
+    result = CliRunner().invoke(_cli(), deprecated, input=json.dumps(request))
+    assert result.exit_code == 0 and json.loads(result.output) == OK, result.output
     assert json.loads(server.seen[-1][2]) == request  # an OIP request is sent as it is
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
     server.script.append((200, OK, JSON))

@@ -148,7 +148,7 @@ def test_model_metadata_does_not_publish_the_storage_uri_by_default(model, check
 
 
 def test_expose_source_is_an_opt_in_spec_switch():
-    from rayfleet.serve.deployment import application_config, replica_settings
+    from rayfleet.serve.config import application_config, replica_settings
 
     d = load_spec(SERVE)
     assert d.spec.expose_source is False
@@ -232,7 +232,7 @@ def test_auth_spec_names_a_secret_never_a_token():
 def test_the_token_travels_in_no_serve_config_or_args(monkeypatch):
     """Serve's config and the builder args are what `rayfleet render`, `serve status` and the
     dashboard show: the token must be in none of them, only in the replicas' environment."""
-    from rayfleet.serve.deployment import application_config, replica_settings
+    from rayfleet.serve.config import application_config, replica_settings
 
     monkeypatch.setenv("RAYFLEET_SERVE_TOKEN", TOKEN)
     d = load_spec(SERVE, ["spec.auth.tokenSecretName=digits-serve-token"])
@@ -273,23 +273,33 @@ def _serve_cli():
     return app
 
 
-def test_rayfleet_serve_refuses_auth_without_a_token(tmp_path, monkeypatch):
+def test_rayfleet_serve_refuses_auth_without_a_token(tmp_path):
+    """As a user runs it: a fresh process with nothing running here (in this test process a
+    session-wide Ray may be connected, which is the other, attach-to-it path)."""
+    import os
+    import subprocess
+    import sys
+
     store = tmp_path / "store"
     write_checkpoint(store / "runs/digits/checkpoint_e000001-aa", 1)
-    monkeypatch.delenv("RAYFLEET_SERVE_TOKEN", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("RAYFLEET_SERVE_STATE", str(tmp_path / "none.json"))
-    args = ["serve", str(SERVE), "--set", f"spec.storage={store}",
+    env = {k: v for k, v in os.environ.items() if k not in ("RAYFLEET_SERVE_TOKEN", "RAY_ADDRESS")}
+    env["RAYFLEET_SERVE_STATE"] = str(tmp_path / "none.json")
+    args = [sys.executable, "-m", "rayfleet.cli.main", "serve", str(SERVE),
+            "--set", f"spec.storage={store}",
             "--set", "spec.auth.tokenSecretName=digits-serve-token"]  # fmt: skip
-    result = CliRunner().invoke(_serve_cli(), args)
-    assert result.exit_code == 2, result.output
-    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*args, *extra], env=env, capture_output=True, text=True, timeout=120)
+
+    result = run()
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "RAYFLEET_SERVE_TOKEN" in error[0] and "--token-file" in error[0]
     assert not (store / "runs/digits/pins").exists()  # refused before anything was written
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
-    result = CliRunner().invoke(_serve_cli(), [*args, "--token-file", str(empty)])
-    assert result.exit_code == 2 and "is empty" in result.output, result.output
+    result = run("--token-file", str(empty))
+    assert result.returncode == 2 and "is empty" in result.stderr, result.stdout + result.stderr
 
 
 # ------------------------------------------------- the client and `rayfleet predict` send it
@@ -332,7 +342,7 @@ def test_predict_client_sends_the_token(authed_server, monkeypatch):
         assert client.metadata("digits")["name"] == "digits"
     monkeypatch.setenv("RAYFLEET_SERVE_TOKEN", TOKEN)
     with PredictClient(authed_server, retries=0) as client:  # from the environment
-        assert client.ready("digits")
+        assert client.request("GET", "/v2/models/digits/ready").get("ready")
 
 
 def test_rayfleet_predict_reads_the_token_from_env_or_file(authed_server, tmp_path, monkeypatch):

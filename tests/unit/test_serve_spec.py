@@ -86,7 +86,7 @@ def _code_version(app: dict) -> str:
 
 
 def test_replica_changes_keep_the_code_version_so_serve_scales_in_place():
-    from rayfleet.serve.deployment import DEPLOYMENT, IMPORT_PATH, application_config
+    from rayfleet.serve.config import DEPLOYMENT, IMPORT_PATH, application_config
 
     d = load_spec(SERVE)
     checkpoint = "s3://b/runs/digits/checkpoint_e000011-1"
@@ -110,7 +110,7 @@ def test_replica_changes_keep_the_code_version_so_serve_scales_in_place():
 
 
 def test_autoscaling_becomes_serve_autoscaling_config():
-    from rayfleet.serve.deployment import application_config
+    from rayfleet.serve.config import application_config
 
     d = parse_spec(
         _doc(
@@ -130,7 +130,7 @@ def test_autoscaling_becomes_serve_autoscaling_config():
 
 
 def test_builder_args_round_trip_to_the_same_spec():
-    from rayfleet.serve.deployment import application_config
+    from rayfleet.serve.config import application_config
 
     d = load_spec(SERVE, ["spec.replicas=2", "spec.batching.maxBatchSize=8"])
     args = application_config(d, checkpoint="/tmp/ckpt")["args"]

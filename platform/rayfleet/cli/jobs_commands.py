@@ -1,23 +1,30 @@
 """`rayfleet submit`, `rayfleet jobs list|status|logs|stop|describe`, `rayfleet context ...`.
 
 Every `jobs` command takes a run name (its newest submission) or a submission id, and
-`--output json` prints one JSON document for scripts instead of the human view.
+`-o json` prints one JSON document for scripts instead of the human view.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich import box
-from rich.table import Table
 
-from rayfleet.cli.output import console, err_console, handle_errors
-from rayfleet.cli.spec_commands import SetOption
+from rayfleet.cli.options import SetOption
+from rayfleet.cli.output import (
+    Output,
+    OutputOption,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    print_table,
+    table,
+)
+from rayfleet.retry import TimedOutError, poll
 
 AddressOption = typer.Option(
     None, "--address", help="Ray dashboard URL (http://HEAD:8265); default: RAY_ADDRESS."
@@ -28,7 +35,6 @@ TokenFileOption = typer.Option(
     "--token-file",
     help="Ray auth token file; default: the context's tokenFile, else RAY_AUTH_TOKEN(_PATH).",
 )
-OutputOption = typer.Option("text", "--output", "-o", help="text or json.")
 InsecureOption = typer.Option(
     False,
     "--insecure",
@@ -52,17 +58,6 @@ def _connect(address, context, token_file, insecure=False):
     from rayfleet.jobs.cluster import connect
 
     return connect(_target(address, context, token_file, insecure))
-
-
-def _json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=1, default=str) + "\n")
-
-
-def _check_output(output: str) -> None:
-    if output not in ("text", "json"):
-        from rayfleet.errors import BadInputError
-
-        raise BadInputError(f"--output {output!r}: use text or json")
 
 
 def _job_doc(job) -> dict[str, Any]:
@@ -104,15 +99,14 @@ def submit(
         "--force",
         help="TrainJob: resume the run's newest checkpoint even if another training wrote it.",
     ),
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Submit a spec to a Ray cluster (Jobs API); the cluster runs `rayfleet run|sweep`."""
     from rayfleet.jobs import submit as submitting
 
-    _check_output(output)
     target = _target(address, context, token_file, insecure)
     plan = submitting.plan(spec, overrides or [], env, force=force)
-    quiet = output == "json"
+    quiet = output is Output.json
     outcome = submitting.run(
         plan,
         target,
@@ -124,7 +118,7 @@ def submit(
         else (lambda line: err_console.print(line, highlight=False)),
     )
     if quiet:
-        _json(
+        print_json(
             {
                 "run": plan.name,
                 "submissions": outcome.submission_ids,
@@ -156,20 +150,16 @@ def list_jobs(
     token_file: Path | None = TokenFileOption,
     insecure: bool = InsecureOption,
     all_jobs: bool = typer.Option(False, "--all", help="Also jobs not submitted by rayfleet."),
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Jobs on the cluster, newest last."""
-    _check_output(output)
     cluster = _connect(address, context, token_file, insecure)
     jobs = sorted(cluster.jobs(), key=lambda j: j.start_time or 0)
     docs = [_job_doc(j) for j in jobs if all_jobs or (j.metadata or {}).get("rayfleet.run")]
-    if output == "json":
-        return _json(docs)
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("submission id", "run", "kind", "status", "submitted", "ended"):
-        table.add_column(column, no_wrap=True)
-    for d in docs:
-        table.add_row(
+    if output is Output.json:
+        return print_json(docs)
+    rows = [
+        (
             d["id"] or "-",
             d["run"] or "-",
             d["kind"] or "-",
@@ -177,7 +167,12 @@ def list_jobs(
             d["submitted"] or "-",
             d["ended"] or "-",
         )
-    console.print(table if docs else f"no rayfleet jobs on {cluster.address}")
+        for d in docs
+    ]
+    columns = ["submission id", "run", "kind", "status", "submitted", "ended"]
+    if not docs:
+        return console.print(f"no rayfleet jobs on {cluster.address}", highlight=False)
+    print_table(table(columns, rows))
 
 
 @app.command()
@@ -188,16 +183,15 @@ def status(
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
     insecure: bool = InsecureOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """A job's status on the cluster (and the run record brought up to date)."""
-    _check_output(output)
     cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
     doc = _job_doc(job)
     _refresh_record(cluster, job)
-    if output == "json":
-        return _json(doc)
+    if output is Output.json:
+        return print_json(doc)
     console.print(f"{doc['id']}: {doc['status']} {doc['message']}".rstrip(), highlight=False)
 
 
@@ -210,16 +204,15 @@ def logs(
     token_file: Path | None = TokenFileOption,
     insecure: bool = InsecureOption,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the end."),
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """A job's log (its driver's stdout and stderr)."""
     from rayfleet.jobs.follow import follow as follow_log
 
-    _check_output(output)
     cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
-    if output == "json":
-        return _json({"id": job.submission_id, "logs": cluster.logs(job.submission_id)})
+    if output is Output.json:
+        return print_json({"id": job.submission_id, "logs": cluster.logs(job.submission_id)})
     if not follow:
         return _write_log(cluster.logs(job.submission_id))
     job = follow_log(cluster, job.submission_id, _write_log, err_console.print)
@@ -235,23 +228,29 @@ def stop(
     token_file: Path | None = TokenFileOption,
     insecure: bool = InsecureOption,
     wait_s: float = typer.Option(30.0, "--wait", help="Seconds to wait for it to stop."),
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Stop a job (SIGTERM to its driver, then SIGKILL); its checkpoints stay in storage."""
     from rayfleet.jobs.follow import TERMINAL, status_of
 
-    _check_output(output)
     cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
     if status_of(job) not in TERMINAL:
         cluster.stop(job.submission_id)
-        deadline = time.monotonic() + wait_s
-        while status_of(job) not in TERMINAL and time.monotonic() < deadline:
-            time.sleep(1.0)
-            job = cluster.info(job.submission_id)
+        latest = [job]
+
+        def stopped():
+            latest[0] = cluster.info(job.submission_id)
+            return latest[0] if status_of(latest[0]) in TERMINAL else None
+
+        try:
+            poll(stopped, timeout=wait_s, interval=1.0, what=f"{job.submission_id} to stop")
+        except TimedOutError:
+            pass  # report the status it has now; the record says the same
+        job = latest[0]
         _refresh_record(cluster, job, with_logs=True)
-    if output == "json":
-        return _json(_job_doc(job))
+    if output is Output.json:
+        return print_json(_job_doc(job))
     console.print(f"{job.submission_id}: {status_of(job)}", highlight=False)
 
 
@@ -269,64 +268,33 @@ def describe(
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
     insecure: bool = InsecureOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """The run record from storage: spec, submissions, status, epochs, metrics, checkpoint,
     log tail. Works after the cluster is gone."""
     from rayfleet.jobs.records import find
 
-    _check_output(output)
     storage = storage or _storage_from_cluster(name, address, context, token_file, insecure)
     uri, doc = find(name, storage)
-    if output == "json":
-        return _json(doc)
+    if output is Output.json:
+        return print_json(doc)
     _print_record(uri, doc)
 
 
 def _storage_from_cluster(name, address, context, token_file, insecure) -> str:
     """Without --storage: the context's storage, the job's metadata, or RAYFLEET_STORAGE."""
-    import os
+    from rayfleet.jobs.locate import run_storage
 
-    from rayfleet.errors import BadInputError
-    from rayfleet.specs.base import resolve_storage
-
-    if address or context or os.environ.get("RAY_ADDRESS"):
-        target = _target(address, context, token_file, insecure)
-        if target.storage:
-            return target.storage
-        from rayfleet.jobs.cluster import connect
-
-        job = connect(target).find(name)
-        if found := (job.metadata or {}).get("rayfleet.storage"):
-            return found
-    if os.environ.get("RAYFLEET_STORAGE"):
-        return str(resolve_storage(None))
-    raise BadInputError(
-        f"where is run {name}? pass --storage s3://bucket/prefix (the spec's storage), set "
-        "RAYFLEET_STORAGE, or --address of the cluster that ran it"
-    )
+    named = address or context or os.environ.get("RAY_ADDRESS")
+    return run_storage(name, _target(address, context, token_file, insecure) if named else None)
 
 
 def _refresh_record(cluster, job, *, with_logs: bool = False) -> None:
     """`jobs` commands keep the run record current with what the cluster says."""
-    from rayfleet.jobs.records import refresh
-    from rayfleet.specs import parse_spec
-    from rayfleet.storage.uri import parse_uri
-    from rayfleet.train import record
+    from rayfleet.jobs.locate import refresh_record
 
-    meta = job.metadata or {}
-    if not meta.get("rayfleet.record"):
-        return
-    uri = parse_uri(meta["rayfleet.record"])
-    try:
-        from rayfleet.storage.filesystem import filesystem_for
-
-        doc = record.read(filesystem_for(uri), uri)
-        if not doc or "spec" not in doc:
-            return
-        refresh(cluster, job, uri, parse_spec(doc["spec"], source=str(uri)), with_logs=with_logs)
-    except Exception as exc:  # noqa: BLE001 - showing the status matters more than the record
-        err_console.print(f"[yellow]could not update {uri}/record.json: {exc}[/]")
+    if warning := refresh_record(cluster, job, with_logs=with_logs):
+        err_console.print(f"[yellow]{warning}[/]", highlight=False)
 
 
 def _print_record(uri, doc: dict[str, Any]) -> None:

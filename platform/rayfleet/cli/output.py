@@ -1,48 +1,93 @@
-"""How the CLI talks to people: one-line errors with exit codes, and live training progress."""
+"""How the CLI talks to people and scripts: the one output option (`-o text|json`), the one
+table style and live training progress; consoles and one-line errors come from
+`rayfleet.console` (shared with `kubectl rayfleet`)."""
 
 from __future__ import annotations
 
-import os
+import enum
+import json
 import sys
-import traceback
-from collections.abc import Callable
-from functools import wraps
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import typer
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from rayfleet.errors import RayfleetError
+from rayfleet.console import console, err_console, handle_errors, set_debug
 
-# Piped output (CI logs, `| tee`) has no terminal width and rich would squeeze tables into 80
-# columns; give it room unless the user set COLUMNS.
-_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-console = Console(width=_PIPED_WIDTH)
-err_console = Console(stderr=True, width=_PIPED_WIDTH)
-_state = {"debug": False}
+__all__ = [
+    "Output",
+    "OutputOption",
+    "TrainProgress",
+    "console",
+    "err_console",
+    "handle_errors",
+    "print_json",
+    "print_table",
+    "progress_console",
+    "set_debug",
+    "table",
+]
 
 
-def set_debug(value: bool) -> None:
-    _state["debug"] = value
+class Output(enum.StrEnum):
+    """What a command prints on stdout: text for people, or one JSON document for scripts."""
+
+    text = "text"
+    json = "json"
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Turn RayfleetError into one red line and its exit code; tracebacks only with --debug."""
+OutputOption = typer.Option(
+    Output.text,
+    "--output",
+    "-o",
+    case_sensitive=False,
+    help="text, or json: one JSON document on stdout (progress and notes go to stderr).",
+)
 
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RayfleetError as exc:
-            if _state["debug"]:
-                traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            sys.exit(130)
 
-    return wrapper
+def progress_console(output: Output) -> Console:
+    """Where a command's progress goes: stdout for people, stderr when stdout is JSON."""
+    return err_console if output is Output.json else console
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout (the whole of stdout for `-o json`)."""
+    sys.stdout.write(json.dumps(doc, indent=1, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    right: Iterable[str] = (),
+) -> Table:
+    """Every table the CLI draws: simple heading rule, cells never wrapped, `right` columns
+    (numbers) right-aligned; title and caption on the left. Print it with `print_table`."""
+    right = set(right)
+    out = Table(
+        title=title,
+        caption=caption,
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in columns:
+        out.add_column(
+            column,
+            justify="right" if column in right else "left",
+            no_wrap=True,
+        )
+    for row in rows:
+        out.add_row(*row)
+    return out
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
@@ -52,6 +97,16 @@ def _fmt(metrics: dict[str, Any]) -> str:
             continue
         parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)
+
+
+def print_table(tbl: Table, con: Console | None = None) -> None:
+    """Print a table at its natural width even on a narrow terminal: a cell (a URI, an id)
+    is never cut or squeezed; the terminal wraps the long line instead."""
+    con = con or console
+    natural = Measurement.get(con, con.options.update_width(100_000), tbl).maximum
+    if natural > con.width:
+        tbl.width = natural
+    con.print(tbl, crop=False)
 
 
 class TrainProgress:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from rayfleet.cli.output import TrainProgress, console, handle_errors
-from rayfleet.cli.spec_commands import SetOption
+from rayfleet.cli.options import SetOption, VerboseOption
+from rayfleet.cli.output import (
+    Output,
+    OutputOption,
+    TrainProgress,
+    console,
+    handle_errors,
+    print_json,
+    progress_console,
+)
 from rayfleet.specs import load_spec
 
 
@@ -15,26 +24,28 @@ from rayfleet.specs import load_spec
 def run(
     spec: Path = typer.Argument(..., help="Job spec YAML file."),
     overrides: list[str] = SetOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and worker logs."),
+    verbose: bool = VerboseOption,
     force: bool = typer.Option(
         False,
         "--force",
         help="Resume this run's newest checkpoint even if it was trained from a different "
         "model, dataset or optimiser setting.",
     ),
+    output: Output = OutputOption,
 ) -> None:
     """Run a TrainJob: preflight, data-parallel training, verified checkpoints."""
     from rayfleet.train.launcher import run_train_job
 
     job = load_spec(spec, overrides or [], expect="TrainJob")
     s = job.spec
-    console.print(
+    progress = progress_console(output)
+    progress.print(
         f"[bold]{job.name}[/]: {s.model.recipe or s.model.entrypoint}, "
         f"{s.scaling.num_workers} worker(s) {'GPU' if s.scaling.use_gpu else 'CPU'}, "
         f"{s.run.epochs} epochs -> {job.run_uri()}",
         highlight=False,
     )
-    with TrainProgress(s.run.epochs) as view:
+    with TrainProgress(s.run.epochs, progress) as view:
         result = run_train_job(
             job,
             on_event=view,
@@ -42,6 +53,8 @@ def run(
             verbose=verbose,
             force=force,
         )
+    if output is Output.json:
+        return print_json(run_doc(result))
     console.print(
         f"[green]done[/] in {result.elapsed_s:.1f}s ({result.attempts} attempt(s)); "
         f"final epoch {result.epoch + 1}:",
@@ -53,3 +66,19 @@ def run(
                 f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"
             )
     console.print(f"checkpoint: {result.checkpoint_uri}", highlight=False)
+
+
+def run_doc(result) -> dict[str, Any]:
+    """`rayfleet run -o json`: name, runUri, checkpointUri, epoch (0-based, the last one
+    trained), metrics (of that epoch), attempts, elapsedS, skipped (checkpoints passed over
+    on resume, with why)."""
+    return {
+        "name": result.name,
+        "runUri": str(result.run_uri),
+        "checkpointUri": result.checkpoint_uri,
+        "epoch": result.epoch,
+        "metrics": {k: v for k, v in result.metrics.items() if k != "epoch"},
+        "attempts": result.attempts,
+        "elapsedS": round(result.elapsed_s, 3),
+        "skipped": list(result.skipped),
+    }

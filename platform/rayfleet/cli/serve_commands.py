@@ -1,5 +1,8 @@
 """`rayfleet serve SPEC`, `rayfleet serve status`, `rayfleet predict NAME --input FILE|-`.
 
+`serve` is a group whose first argument is a spec file or a subcommand (`status`), like
+`sweep` (one rule for both: `rayfleet.cli.options.SpecOrCommand`).
+
 `rayfleet serve SPEC` verifies the model source before anything starts (a corrupt or
 unverified checkpoint exits 2 in seconds), then:
 
@@ -31,8 +34,17 @@ from typing import Any
 
 import typer
 
-from rayfleet.cli.output import console, err_console, handle_errors
-from rayfleet.cli.spec_commands import SetOption
+from rayfleet.cli.options import SetOption, SpecOrCommand, VerboseOption
+from rayfleet.cli.output import (
+    Output,
+    OutputOption,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    print_table,
+    table,
+)
 from rayfleet.errors import BadInputError, SpecError
 
 URL_ENV = "RAYFLEET_SERVE_URL"
@@ -44,14 +56,21 @@ TokenFileOption = typer.Option(
 )
 
 
+app = typer.Typer(
+    cls=SpecOrCommand,
+    help="Serve a ModelDeployment over HTTP (Open Inference Protocol): "
+    "`rayfleet serve SPEC [--replicas N]`, `rayfleet serve status`.",
+    no_args_is_help=True,
+)
+
+
 # ----------------------------------------------------------------------------------- serve
 
 
+@app.command("start", hidden=True)
 @handle_errors
 def serve(
-    target: str = typer.Argument(
-        ..., metavar="SPEC|status", help="ModelDeployment spec YAML, or `status`."
-    ),
+    target: Path = typer.Argument(..., metavar="SPEC", help="ModelDeployment spec YAML."),
     overrides: list[str] = SetOption,
     replicas: int | None = typer.Option(
         None, "--replicas", min=1, help="Replica count; changes a running deployment in place."
@@ -59,13 +78,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="HTTP address when this starts Serve."),
     port: int = typer.Option(8000, min=1, max=65535, help="HTTP port when this starts Serve."),
     timeout: float = typer.Option(300.0, help="Seconds to wait for replicas to be running."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and replica logs."),
+    verbose: bool = VerboseOption,
     token_file: str | None = TokenFileOption,
 ) -> None:
     """Serve a ModelDeployment over HTTP (Open Inference Protocol); `serve status` lists them."""
-    if target == "status" and not Path(target).is_file():
-        return _status(verbose)
-
     from rayfleet.serve.auth import read_token_file
     from rayfleet.serve.loading import resolve_source
     from rayfleet.specs import load_spec
@@ -206,11 +222,19 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _status(verbose: bool) -> None:
+@app.command("status")
+@handle_errors
+def status(
+    verbose: bool = VerboseOption,
+    output: Output = OutputOption,
+) -> None:
+    """The applications served here (or on RAY_ADDRESS): model, status, replicas, URL."""
     from rayfleet.serve import runtime
 
     connected, owned = runtime.attach(verbose=verbose)
     if not connected:
+        if output is Output.json:
+            return print_json({"serving": False, "url": None, "applications": []})
         console.print(
             "nothing is served here: no `rayfleet serve` is running on this machine and "
             "RAY_ADDRESS is not set",
@@ -225,29 +249,48 @@ def _status(verbose: bool) -> None:
             import ray
 
             ray.shutdown()
+    docs = [_app_doc(app, url) for app in apps]
+    if output is Output.json:
+        return print_json({"serving": bool(url), "url": url, "applications": docs})
     if not apps:
         console.print("Serve is running with no applications" if url else "Serve is not running")
         return
-    rows = [("NAME", "MODEL", "STATUS", "REPLICAS", "URL", "CHECKPOINT")]
-    for app in apps:
-        prefix = app.route_prefix or "/"
-        base = (url or "").rstrip("/") + ("" if prefix == "/" else prefix)
-        rows.append(
-            (
-                app.name,
-                app.model_name or "-",
-                app.status,
-                f"{app.running}/{app.target}",
-                base or "-",
-                (app.checkpoint or "-").rsplit("/", 1)[-1],
-            )
+    print_table(
+        table(
+            ["NAME", "MODEL", "STATUS", "REPLICAS", "URL", "CHECKPOINT"],
+            [
+                (
+                    d["name"],
+                    d["model"] or "-",
+                    d["status"],
+                    f"{d['running']}/{d['target']}",
+                    d["url"] or "-",
+                    (d["checkpoint"] or "-").rsplit("/", 1)[-1],
+                )
+                for d in docs
+            ],
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:  # plain columns: never wrapped or cut, whatever the terminal width
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    for app in apps:
-        if app.status not in ("RUNNING",) and app.message:
-            err_console.print(f"{app.name}: {app.message.strip().splitlines()[-1][:300]}")
+    )
+    for d in docs:
+        if d["status"] not in ("RUNNING",) and d["message"]:
+            err_console.print(f"{d['name']}: {d['message'].strip().splitlines()[-1][:300]}")
+
+
+def _app_doc(app, url: str | None) -> dict[str, Any]:
+    """One application in `serve status -o json`: name, model, status, running (replicas),
+    target ("2", or "1-4 (autoscaling)"), url, checkpoint (its URI), message."""
+    prefix = app.route_prefix or "/"
+    base = (url or "").rstrip("/") + ("" if prefix == "/" else prefix)
+    return {
+        "name": app.name,
+        "model": app.model_name,
+        "status": app.status,
+        "running": app.running,
+        "target": app.target,
+        "url": base or None,
+        "checkpoint": app.checkpoint,
+        "message": app.message,
+    }
 
 
 # --------------------------------------------------------------------------------- predict
@@ -269,12 +312,16 @@ def predict(
     ),
     retries: int = typer.Option(5, min=0, help="Retries on connection errors and 503."),
     timeout: float = typer.Option(30.0, min=0.1, help="Seconds per attempt."),
-    raw: bool = typer.Option(False, "--json", help="Print the raw OIP response."),
+    output: Output = OutputOption,
+    raw: bool = typer.Option(False, "--json", hidden=True, help="Deprecated: use -o json."),
     token_file: str | None = TokenFileOption,
 ) -> None:
-    """Classify examples with a served model (retries with backoff while it is unavailable)."""
+    """Classify examples with a served model (retries with backoff while it is unavailable).
+
+    `-o json` prints the server's Open Inference Protocol response as it is."""
     from rayfleet.serve.auth import client_token
-    from rayfleet.serve.client import PredictClient, output
+    from rayfleet.serve.client import PredictClient
+    from rayfleet.serve.client import output as tensor
     from rayfleet.serve.protocol import build_request
 
     token = client_token(token_file) or ""
@@ -289,11 +336,10 @@ def predict(
             except ValueError as exc:
                 raise BadInputError(f"--input {input_path}: {exc}") from None
         response = client.infer(model, body)
-    if raw:
-        typer.echo(json.dumps(response))
-        return
+    if raw or output is Output.json:
+        return print_json(response)
     try:
-        classes = output(response, "predicted_class")["data"]
+        classes = tensor(response, "predicted_class")["data"]
     except KeyError:
         typer.echo(json.dumps(response))
         return
@@ -358,22 +404,3 @@ def _read_input(path: str) -> Any:
             f"--input {path}: expected an array of numbers (one example or a list of them)"
         ) from None
     return array
-
-
-def main() -> None:
-    """`python -m rayfleet.cli.serve_commands`: these commands alone (for tests)."""
-    from rayfleet.cli.output import set_debug
-
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-
-    @app.callback()
-    def _root(debug: bool = typer.Option(False, "--debug")):
-        set_debug(debug)
-
-    app.command()(serve)
-    app.command()(predict)
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import typer
 
+from rayfleet.cli.options import SetOption
 from rayfleet.cli.output import console, handle_errors
 from rayfleet.specs import KINDS, json_schema, load_spec
-
-SetOption = typer.Option(
-    None, "--set", help="Override a spec field: key.path=value (repeatable), e.g. spec.run.epochs=3"
-)
 
 
 @handle_errors

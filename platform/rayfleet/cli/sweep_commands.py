@@ -10,30 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from typer.core import TyperGroup
 
-from rayfleet.cli.output import console, handle_errors
-from rayfleet.cli.spec_commands import SetOption
+from rayfleet.cli.options import SetOption, SpecOrCommand, VerboseOption
+from rayfleet.cli.output import (
+    Output,
+    OutputOption,
+    console,
+    handle_errors,
+    print_json,
+    print_table,
+    progress_console,
+    table,
+)
 from rayfleet.specs import load_spec
 from rayfleet.specs.base import resolve_storage
 from rayfleet.tune.documents import BestTrial, SweepTable
 
-
-class _SpecOrCommand(TyperGroup):
-    """Treat `rayfleet sweep SPEC ...` as `rayfleet sweep start SPEC ...`."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["start", *args]
-        return super().parse_args(ctx, args)
-
-
 app = typer.Typer(
-    cls=_SpecOrCommand,
+    cls=SpecOrCommand,
     help="Hyperparameter sweeps (Ray Tune): `rayfleet sweep SPEC [--resume]`, "
     "`rayfleet sweep results NAME`.",
     no_args_is_help=True,
@@ -42,38 +39,35 @@ app = typer.Typer(
 _STYLE = {"DONE": "green", "STOPPED": "yellow", "ERROR": "red", "RUNNING": "cyan"}
 
 
-def render_table(table: SweepTable, best: BestTrial | None = None) -> Table:
+def render_table(sweep: SweepTable, best: BestTrial | None = None) -> Table:
     """The trial table: params, epochs run, the metric, and state; the best row marked."""
-    out = Table(
-        title=f"sweep {table.sweep}: {table.mode} {table.metric}",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        caption_justify="left",
-    )
-    params = list(table.trials[0].params) if table.trials else []
-    out.add_column("trial", no_wrap=True)
-    for key in params:
-        out.add_column(_short(key, params), justify="right")
-    out.add_column("epochs", justify="right")
-    out.add_column(table.metric, justify="right")
-    out.add_column("state", no_wrap=True)
+    params = list(sweep.trials[0].params) if sweep.trials else []
     best_id = best.trial_id if best else None
-    for row in table.trials:
+    rows = []
+    for row in sweep.trials:
         state = f"[{_STYLE.get(row.state, 'white')}]{row.state}[/]"
         if row.trial_id == best_id:
             state += " [bold]best[/]"
         if row.error:
             state += f" {row.error}"
-        out.add_row(
-            row.trial_id,
-            *[_fmt(row.params.get(k)) for k in params],
-            f"{row.epochs_done}/{table.epochs}",
-            _fmt(row.value),
-            state,
+        rows.append(
+            (
+                row.trial_id,
+                *[_fmt(row.params.get(k)) for k in params],
+                f"{row.epochs_done}/{sweep.epochs}",
+                _fmt(row.value),
+                state,
+            )
         )
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(table.counts().items()))
-    out.caption = f"{counts}; {table.epochs_consumed} epochs trained"
-    return out
+    headers = [_short(k, params) for k in params]
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(sweep.counts().items()))
+    return table(
+        ["trial", *headers, "epochs", sweep.metric, "state"],
+        rows,
+        title=f"sweep {sweep.sweep}: {sweep.mode} {sweep.metric}",
+        caption=f"{counts}; {sweep.epochs_consumed} epochs trained",
+        right=[*headers, "epochs", sweep.metric],
+    )
 
 
 def _short(key: str, keys: list[str]) -> str:
@@ -107,11 +101,11 @@ class _LiveTable:
         if self.live:
             self.live.__exit__(*exc)
 
-    def __call__(self, table) -> None:
+    def __call__(self, sweep: SweepTable) -> None:
         if self.live:
-            self.live.update(render_table(table), refresh=True)
+            self.live.update(render_table(sweep), refresh=True)
             return
-        for row in table.trials:
+        for row in sweep.trials:
             key = (row.trial_id, row.state)
             if row.state not in ("DONE", "STOPPED", "ERROR") or key in self.reported:
                 continue
@@ -119,7 +113,7 @@ class _LiveTable:
             params = " ".join(f"{k}={_fmt(v)}" for k, v in row.params.items())
             self.console.print(
                 f"trial {row.trial_id} {row.state.lower()} after {row.epochs_done}/"
-                f"{table.epochs} epochs: {table.metric}={_fmt(row.value)}  {params}",
+                f"{sweep.epochs} epochs: {sweep.metric}={_fmt(row.value)}  {params}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -140,7 +134,8 @@ def start(
     retry_errored: bool = typer.Option(
         False, "--retry-errored", help="With --resume: run errored trials again."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and trial logs."),
+    verbose: bool = VerboseOption,
+    output: Output = OutputOption,
 ) -> None:
     """Run a SweepJob: every trial a data-parallel TrainJob, the best one recorded."""
     from rayfleet.tune.runner import run_sweep
@@ -149,13 +144,14 @@ def start(
     sweep = load_spec(spec, overrides or [], expect="SweepJob")
     prep = prepare(sweep, source_dir=spec.resolve().parent)
     s = sweep.spec
-    console.print(
+    progress = progress_console(output)
+    progress.print(
         f"[bold]{sweep.name}[/]: {s.num_samples} trial(s) of {prep.base.name} "
         f"({s.search.algorithm} search, {s.scheduler.type} scheduler, {s.mode} {s.metric}) "
         f"-> {prep.uri}",
         highlight=False,
     )
-    with _LiveTable(console) as view:
+    with _LiveTable(progress) as view:
         result = run_sweep(
             prep,
             resume=resume,
@@ -164,12 +160,52 @@ def start(
             sys_path=[str(spec.resolve().parent)],
             verbose=verbose,
         )
+    if output is Output.json:
+        return print_json(sweep_doc(result.table, result.best, elapsed_s=result.elapsed_s))
     _print_outcome(result.table, result.best)
     console.print(f"done in {result.elapsed_s:.1f}s", highlight=False)
 
 
-def _print_outcome(table: SweepTable, best: BestTrial | None) -> None:
-    console.print(render_table(table, best))
+def sweep_doc(
+    sweep: SweepTable, best: BestTrial | None, *, elapsed_s: float | None = None
+) -> dict[str, Any]:
+    """`-o json` of `sweep` and `sweep results`: name, metric, mode, epochs (per trial),
+    epochsTrained, trials [{trialId, params, state, epochsDone, value, error}], best
+    ({trialId, value, params, epoch, checkpoint} or null) and, for a sweep just run, elapsedS."""
+    doc: dict[str, Any] = {
+        "name": sweep.sweep,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "epochs": sweep.epochs,
+        "epochsTrained": sweep.epochs_consumed,
+        "trials": [
+            {
+                "trialId": t.trial_id,
+                "params": t.params,
+                "state": t.state,
+                "epochsDone": t.epochs_done,
+                "value": t.value,
+                "error": t.error,
+            }
+            for t in sweep.trials
+        ],
+        "best": None
+        if best is None
+        else {
+            "trialId": best.trial_id,
+            "value": best.value,
+            "params": best.params,
+            "epoch": best.epoch,
+            "checkpoint": best.checkpoint,
+        },
+    }
+    if elapsed_s is not None:
+        doc["elapsedS"] = round(elapsed_s, 3)
+    return doc
+
+
+def _print_outcome(sweep: SweepTable, best: BestTrial | None) -> None:
+    print_table(render_table(sweep, best))
     if best:
         params = " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
         console.print(
@@ -187,10 +223,13 @@ def show_results(
     storage: str = typer.Option(
         None, "--storage", help="Storage URI the sweep ran in (default: $RAYFLEET_STORAGE)."
     ),
+    output: Output = OutputOption,
 ) -> None:
     """Print a sweep's trial table and best trial, from storage alone."""
     from rayfleet.tune.results import require_results
 
     uri = resolve_storage(storage).join("sweeps", name)
-    table, best = require_results(uri, name)
-    _print_outcome(table, best)
+    found, best = require_results(uri, name)
+    if output is Output.json:
+        return print_json(sweep_doc(found, best))
+    _print_outcome(found, best)

@@ -14,8 +14,11 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import tenacity
+
 from rayfleet.errors import ClusterUnreachableError, RayfleetError
 from rayfleet.jobs.cluster import Cluster
+from rayfleet.retry import RECONNECT
 from rayfleet.train import record
 
 TERMINAL = record.TERMINAL
@@ -43,6 +46,85 @@ async def _tail(cluster: Cluster, submission_id: str, printed: _Printed, write) 
             printed.count = seen
 
 
+class _Lost(Exception):
+    """The log stream ended while the job runs on; `error` says how."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _attach(cluster: Cluster, submission_id: str, printed: _Printed, write):
+    """Stream the log until the stream ends: the job if it ended, else _Lost."""
+    try:
+        asyncio.run(_tail(cluster, submission_id, printed, write))
+        job = cluster.info(submission_id)
+    except ClusterUnreachableError as exc:
+        raise _Lost(exc) from None
+    except RayfleetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - aiohttp/websocket errors: the network
+        raise _Lost(exc) from None
+    if status_of(job) in TERMINAL:
+        return job
+    # The stream closed cleanly while the job runs on: a proxy hung up. Reattach.
+    raise _Lost(ConnectionError("log stream closed"))
+
+
+def _ride_out(
+    cluster: Cluster,
+    submission_id: str,
+    printed: _Printed,
+    write,
+    note,
+    lost: _Lost,
+    give_up_s: float,
+    sleep,
+):
+    """The stream was lost: back off (RECONNECT), ask the cluster for the job, and while it
+    does not answer, try the stream again. Returns the job once the cluster answers (having
+    printed what the dropped stream missed if the job ended meanwhile), or raises
+    ClusterUnreachableError once the stream has been lost for `give_up_s`."""
+
+    def reattaching(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception().error
+        note(f"log stream lost ({type(error).__name__}: {str(error)[:100]}); reattaching")
+
+    def gave_up(state: tenacity.RetryCallState):
+        error = state.outcome.exception().error
+        raise ClusterUnreachableError(
+            f"{cluster.address}: lost the log stream of {submission_id} for "
+            f"{give_up_s:.0f} s ({type(error).__name__}); the job keeps running there: "
+            f"rayfleet jobs logs {submission_id} --follow"
+        )
+
+    def recover(first: bool):
+        if first:
+            raise lost  # the failure that started this outage: back off before anything
+        try:
+            job = cluster.info(submission_id)
+        except ClusterUnreachableError:
+            return _attach(cluster, submission_id, printed, write)
+        if status_of(job) in TERMINAL:
+            # The job ended while we were away: print what the dropped stream missed.
+            if rest := cluster.logs(submission_id)[printed.count :]:
+                write(rest)
+        return job
+
+    outage = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(_Lost),
+        wait=RECONNECT,
+        stop=tenacity.stop_after_delay(give_up_s),
+        before_sleep=reattaching,
+        retry_error_callback=gave_up,
+        sleep=sleep,
+    )
+    for attempt in outage:
+        with attempt:
+            return recover(first=attempt.retry_state.attempt_number == 1)
+    raise AssertionError("unreachable")
+
+
 def follow(
     cluster: Cluster,
     submission_id: str,
@@ -50,44 +132,15 @@ def follow(
     note: Callable[[str], None],
     *,
     give_up_s: float = 120.0,
+    sleep: Callable[[float], None] = time.sleep,
 ):
     """Stream the log of `submission_id` to `write` until the job ends; return its JobDetails.
     `note` gets one line per reattach."""
     printed = _Printed()
-    lost_since: float | None = None
-    delay = 1.0
-    while True:
+    while True:  # one pass per lost stream; _ride_out owns the backoff and the give-up
         try:
-            asyncio.run(_tail(cluster, submission_id, printed, write))
-            job = cluster.info(submission_id)
-            if status_of(job) in TERMINAL:
-                return job
-            # The stream closed cleanly while the job runs on: a proxy hung up. Reattach.
-            error: Exception = ConnectionError("log stream closed")
-        except ClusterUnreachableError as exc:
-            error = exc
-        except RayfleetError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - aiohttp/websocket errors: the network
-            error = exc
-        now = time.monotonic()
-        lost_since = lost_since or now
-        if now - lost_since > give_up_s:
-            raise ClusterUnreachableError(
-                f"{cluster.address}: lost the log stream of {submission_id} for "
-                f"{give_up_s:.0f} s ({type(error).__name__}); the job keeps running there: "
-                f"rayfleet jobs logs {submission_id} --follow"
-            )
-        note(f"log stream lost ({type(error).__name__}: {str(error)[:100]}); reattaching")
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
-        try:
-            job = cluster.info(submission_id)
-        except ClusterUnreachableError:
-            continue
-        lost_since, delay = None, 1.0
+            return _attach(cluster, submission_id, printed, write)
+        except _Lost as lost:
+            job = _ride_out(cluster, submission_id, printed, write, note, lost, give_up_s, sleep)
         if status_of(job) in TERMINAL:
-            # The job ended while we were away: print what the dropped stream missed.
-            if rest := cluster.logs(submission_id)[printed.count :]:
-                write(rest)
             return job

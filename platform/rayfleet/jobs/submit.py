@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from rayfleet.jobs import bundle, records
 from rayfleet.jobs.cluster import RAYFLEET_RUN, Cluster, connect
 from rayfleet.jobs.follow import TERMINAL, follow, status_of
 from rayfleet.jobs.target import Target
+from rayfleet.retry import AGENT_START, poll, retrying
 from rayfleet.specs import Spec, SweepJob, TrainJob, load_spec
 from rayfleet.specs.base import resolve_storage
 from rayfleet.storage.preflight import preflight
@@ -219,31 +219,31 @@ def _sweep_state_exists(plan_: Plan) -> bool:
     return table_exists(plan_.record_uri)
 
 
+def _agent_not_ready(exc: BaseException) -> bool:
+    return isinstance(exc, ClusterError) and "No available agent" in str(exc)
+
+
 def _when_agent_ready(cluster: Cluster, fn, **kwargs) -> None:
     """Submit, retrying while the head's job agent is not up yet (a head that just started,
     or restarted, answers 500 "No available agent to submit job" for a few seconds)."""
-    deadline = time.monotonic() + _AGENT_WAIT_S
-    while True:
-        try:
-            cluster.call(fn, **kwargs)
-            return
-        except ClusterError as exc:
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(2.0)
+    retrying(on=_agent_not_ready, wait=AGENT_START, within_s=_AGENT_WAIT_S)(
+        cluster.call, fn, **kwargs
+    )
 
 
 def wait(cluster: Cluster, sid: str, on_status: Callable[[str], None]):
     """Poll until the job ends (used without --follow)."""
     last = None
-    while True:
+
+    def ended():
+        nonlocal last
         job = cluster.info(sid)
         if (status := status_of(job)) != last:
             on_status(status)
             last = status
-        if status in TERMINAL:
-            return job
-        time.sleep(_POLL_S)
+        return job if status in TERMINAL else None
+
+    return poll(ended, timeout=None, interval=_POLL_S, what=f"job {sid} to end")
 
 
 def note(cluster: Cluster, plan_: Plan, sid: str, *, with_logs: bool) -> dict:

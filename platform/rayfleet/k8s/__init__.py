@@ -1,22 +1,31 @@
-"""KubeRay objects from rayfleet specs: what `rayfleet render` writes and manifests/ holds.
+"""rayfleet on Kubernetes: KubeRay objects from specs, the ModelDeployment operator, the plugin.
 
-Everything here is a pure function from a validated spec (plus `RenderOptions`) to plain
-dicts, so it is tested by rendering and schema validation, never against a live cluster.
+Two sides, kept apart (tests/k8s/test_pure_imports.py checks it):
 
-    pods      the Ray image, labels, security contexts and pod templates every object shares
-              (the same settings the Helm chart in charts/rayfleet renders; a test compares them)
-    cluster   a RayClusterSpec (head + fixed worker groups, token auth) for RayJob / RayService
-    network   the NetworkPolicy that keeps Ray's ports to the cluster's own pods
-    rayjob    a RayJob running one rayfleet command, its spec ConfigMap and NetworkPolicy
-    kinds     one renderer per spec kind; `RENDERERS` maps kind -> renderer
-    render    load a spec file, pick its renderer, write deterministic multi-document YAML
+Pure rendering: a validated spec (plus `RenderOptions`) -> plain dicts. No Kubernetes client,
+no kopf, no Ray, Serve, FastAPI or torch: tested by rendering and schema validation, never
+against a live cluster, and importing this package loads only these.
 
-The ModelDeployment operator and the kubectl plugin (issue 7):
-
+    options      RenderOptions: what a workload takes from its cluster, and the flags for it
+                 (`rayfleet render` and the operator declare theirs from it)
+    pods         the Ray image, labels, security contexts and pod pieces every object shares
+                 (canonical: the Helm chart's RayCluster is checked against it)
+    cluster      a RayClusterSpec (head + fixed worker groups, token auth) for RayJob/RayService
+    network      the NetworkPolicy that keeps Ray's ports to the cluster's own pods
+    rayjob       a RayJob running one rayfleet command, its spec ConfigMap and NetworkPolicy
+    source       a spec file with the files beside it that travel to the cluster
+    kinds        one renderer per spec kind; `RENDERERS` maps kind -> renderer (a
+                 ModelDeployment's serveConfigV2 comes from rayfleet.serve.config)
+    render       load a spec file, pick its renderer, write deterministic multi-document YAML
     crd          the modeldeployments.rayfleet.io CRD generated from the spec models
-    serveconfig  read and edit a RayService's serveConfigV2 string (one num_replicas, in place)
-    reconcile    ModelDeployment -> owned RayService/NetworkPolicy/PDB, patches, status (pure)
-    client       the thin adapter to the Kubernetes API (the only module that calls it)
+    serveconfig  read and edit any RayService's serveConfigV2 string (one num_replicas, in place)
+    reconcile    the operator's decisions: ModelDeployment -> owned RayService/NetworkPolicy/
+                 PDB (what `rayfleet render` writes), patches, status
+
+Cluster-facing: the only modules that reach an API server (each imports the pure side, never
+the reverse; none imports rayfleet.cli).
+
+    client       the thin adapter to the Kubernetes API (`kubernetes` imported on first use)
     operator     kopf handlers: `python -m rayfleet.k8s.operator --namespace NS`
     plugin       `kubectl rayfleet status|scale` (console script kubectl-rayfleet)
 """

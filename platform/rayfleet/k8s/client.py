@@ -17,6 +17,11 @@ from typing import Any
 
 from rayfleet.errors import BadInputError, RayfleetError, WorkFailedError
 from rayfleet.k8s import crd
+from rayfleet.lazy import lazy
+
+# The generated client takes ~0.5 s to import: only when a command talks to a cluster.
+kubernetes = lazy("kubernetes", purpose="talking to a Kubernetes API server")
+urllib3_exceptions = lazy("urllib3.exceptions", purpose="talking to a Kubernetes API server")
 
 MERGE_PATCH = "application/merge-patch+json"
 # The generated client sends no Content-Type on creates (and ignores _content_type there).
@@ -78,8 +83,7 @@ class Cluster:
     @property
     def api(self):
         if self._api is None:
-            from kubernetes import client, config
-
+            config = kubernetes.config
             try:
                 config.load_incluster_config()
             except config.ConfigException:
@@ -90,7 +94,7 @@ class Cluster:
                         f"no Kubernetes credentials ({str(exc).splitlines()[0][:160]}); set "
                         "KUBECONFIG or run inside a cluster"
                     ) from None
-            self._api = client.ApiClient()
+            self._api = kubernetes.client.ApiClient()
         return self._api
 
     def default_namespace(self) -> str:
@@ -100,8 +104,7 @@ class Cluster:
                 return f.read().strip()
         except OSError:
             pass
-        from kubernetes import config
-
+        config = kubernetes.config
         try:
             _, active = config.list_kube_config_contexts()
         except (config.ConfigException, OSError):
@@ -112,12 +115,9 @@ class Cluster:
         return (active or {}).get("context", {}).get("namespace") or "default"
 
     def _call(self, what: str, fn, *args, **kwargs) -> Any:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError as TransportError
-
         try:
             out = fn(*args, **kwargs)
-        except ApiException as exc:
+        except kubernetes.client.exceptions.ApiException as exc:
             message = _message(exc)
             if exc.status == 404:
                 raise NotFoundError(f"{what}: not found ({message})") from None
@@ -130,19 +130,20 @@ class Cluster:
                     f"{what}: not allowed ({message}); check your RBAC permissions"
                 ) from None
             raise KubeAPIError(f"{what}: HTTP {exc.status} ({message})") from None
-        except (TransportError, OSError) as exc:
+        except (urllib3_exceptions.HTTPError, OSError) as exc:
             raise KubeAPIError(
                 f"{what}: cannot reach the API server ({str(exc)[:160]}); check your kubeconfig"
             ) from None
         return self.api.sanitize_for_serialization(out) if out is not None else None
 
-    def _typed(self, kind: str):
-        from kubernetes import client
+    def _custom(self):
+        return kubernetes.client.CustomObjectsApi(self.api)
 
+    def _typed(self, kind: str):
         if kind == "NetworkPolicy":
-            return client.NetworkingV1Api(self.api), "network_policy"
+            return kubernetes.client.NetworkingV1Api(self.api), "network_policy"
         if kind == "PodDisruptionBudget":
-            return client.PolicyV1Api(self.api), "pod_disruption_budget"
+            return kubernetes.client.PolicyV1Api(self.api), "pod_disruption_budget"
         raise RayfleetError(f"kind {kind} is not handled here")
 
     # ------------------------------------------------------------------ reads
@@ -151,12 +152,10 @@ class Cluster:
         what = f"{kind} {namespace}/{name}"
         try:
             if kind in _CUSTOM:
-                from kubernetes import client
-
                 k = KINDS[kind]
                 obj = self._call(
                     what,
-                    client.CustomObjectsApi(self.api).get_namespaced_custom_object,
+                    self._custom().get_namespaced_custom_object,
                     k.group, k.version, namespace, k.plural, name,
                 )  # fmt: skip
             else:
@@ -172,10 +171,8 @@ class Cluster:
         self, kind: str, namespace: str | None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Objects of a custom kind in `namespace` (None: every namespace)."""
-        from kubernetes import client
-
         k = KINDS[kind]
-        api = client.CustomObjectsApi(self.api)
+        api = self._custom()
         kwargs = {"label_selector": label_selector} if label_selector else {}
         where = f"{kind} in {namespace or 'all namespaces'}"
         if namespace is None:
@@ -194,12 +191,10 @@ class Cluster:
     def create(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         what = f"creating {kind} {namespace}/{body['metadata']['name']}"
         if kind in _CUSTOM:
-            from kubernetes import client
-
             k = KINDS[kind]
             return self._call(
                 what,
-                client.CustomObjectsApi(self.api).create_namespaced_custom_object,
+                self._custom().create_namespaced_custom_object,
                 k.group, k.version, namespace, k.plural, body, _headers=JSON_HEADERS,
             )  # fmt: skip
         api, suffix = self._typed(kind)
@@ -218,10 +213,8 @@ class Cluster:
         with ConflictError when the object changed since it was read."""
         what = f"patching {kind} {namespace}/{name}{'/status' if status else ''}"
         if kind in _CUSTOM:
-            from kubernetes import client
-
             k = KINDS[kind]
-            api = client.CustomObjectsApi(self.api)
+            api = self._custom()
             fn = (
                 api.patch_namespaced_custom_object_status
                 if status

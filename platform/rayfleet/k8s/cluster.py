@@ -59,6 +59,8 @@ def serve_token_env(layout: Layout) -> list[dict[str, Any]]:
 
 
 def image_for(options: RenderOptions, gpu: bool) -> str:
+    if gpu and options.gpu_image:
+        return options.gpu_image
     return options.image or pods.default_image(gpu)
 
 
@@ -106,6 +108,7 @@ def pod_template(
         # here, and nothing in a fixed-size cluster calls the API (no autoscaler).
         "automountServiceAccountToken": False,
         "securityContext": pods.pod_security_context(),
+        **pods.pull_secrets(options.image_pull_secrets),
         "containers": [ray_container],
         "volumes": volumes,
     }

@@ -32,13 +32,14 @@ exactly that value there, and the operator ignores it (`reconcile.parse`).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 from pathlib import Path
 from typing import Any
 
-from rayfleet.k8s.kinds import _DNS1035, MAX_RAYJOB_NAME
-from rayfleet.specs.base import API_VERSION
+from rayfleet.k8s.render import dump_yaml
+from rayfleet.specs.base import API_VERSION, MAX_NAME, NAME_RE
 from rayfleet.specs.serve import AutoscalingSpec, ModelDeploymentSpec, SourceSpec
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -73,7 +74,7 @@ _KEEP = {
     "format",
 }
 _DROP = {"title", "default", "$schema", "examples"}
-DNS1035_PATTERN = f"^{_DNS1035.pattern}$"  # the one name rule (specs.base.NAME_RE), anchored
+DNS1035_PATTERN = f"^{NAME_RE.pattern}$"  # the one name rule (specs.base.NAME_RE), anchored
 REPLICAS_DEFAULT = 1  # ModelDeployment.num_replicas when spec.replicas is unset
 
 
@@ -275,8 +276,8 @@ def crd() -> dict[str, Any]:
                     "name": {
                         "type": "string",
                         "description": "Also the RayService's name: KubeRay needs a DNS-1035 "
-                        f"label of at most {MAX_RAYJOB_NAME} characters.",
-                        "maxLength": MAX_RAYJOB_NAME,
+                        f"label of at most {MAX_NAME} characters.",
+                        "maxLength": MAX_NAME,
                         "pattern": DNS1035_PATTERN,
                     }
                 },
@@ -337,8 +338,6 @@ def crd() -> dict[str, Any]:
 
 
 def crd_text() -> str:
-    from rayfleet.k8s.render import dump_yaml
-
     return dump_yaml([copy.deepcopy(crd())], HEADER)
 
 
@@ -355,8 +354,6 @@ def _repo_root() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m rayfleet.k8s.crd", description=__doc__.split("\n")[0]
     )

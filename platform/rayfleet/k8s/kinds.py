@@ -17,21 +17,22 @@ from rayfleet.k8s.options import RenderOptions
 from rayfleet.k8s.pods import SPEC_MOUNT
 from rayfleet.k8s.rayjob import namespaced, ray_job
 from rayfleet.k8s.source import SpecFile
+from rayfleet.serve.config import serve_config_text
 from rayfleet.specs import ModelDeployment, SweepJob, TrainJob
 from rayfleet.specs.base import MAX_NAME, NAME_RE
+from rayfleet.tune.space import prepare
 
 # The one metadata.name rule (specs.base): a DNS-1035 label of at most 47 characters, since
 # KubeRay names a RayJob's RayCluster `<rayjob>-<5 chars>` within its 53-character limit.
 # Specs already enforce it; render checks again for objects built in code.
 MAX_RAYJOB_NAME = MAX_NAME
-_DNS1035 = NAME_RE
 
 Renderer = Callable[[SpecFile, RenderOptions], list[dict[str, Any]]]
 
 
 def check_name(src: SpecFile, limit: int, what: str) -> str:
     name = src.spec.metadata.name
-    if len(name) > limit or not _DNS1035.fullmatch(name):
+    if len(name) > limit or not NAME_RE.fullmatch(name):
         raise SpecError(
             f"{src.path}: metadata.name {name!r} can't name a {what}: KubeRay needs at most "
             f"{limit} characters starting with a letter; rename it or use --set metadata.name=..."
@@ -85,8 +86,6 @@ def render_train_job(src: SpecFile, options: RenderOptions) -> list[dict[str, An
 def render_sweep_job(src: SpecFile, options: RenderOptions) -> list[dict[str, Any]]:
     """SweepJob -> RayJob running `rayfleet sweep`, with room for `maxConcurrentTrials`
     trials at once (one when unset: the cluster then runs trials one after another)."""
-    from rayfleet.tune.space import prepare
-
     sweep = src.spec
     assert isinstance(sweep, SweepJob)
     base = prepare(sweep, source_dir=src.path.resolve().parent).base
@@ -95,14 +94,11 @@ def render_sweep_job(src: SpecFile, options: RenderOptions) -> list[dict[str, An
 
 
 def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[str, Any]]:
-    """ModelDeployment -> RayService. `serveConfigV2` is the same Serve application config
-    `rayfleet serve` deploys locally (the spec travels in its `args`, the source is resolved
-    by the replicas from storage), so a replica change is an in-place Serve update; workers
-    are sized for the most replicas the spec can ask for."""
-    import yaml
-
-    from rayfleet.serve.deployment import application_config
-
+    """ModelDeployment -> RayService, NetworkPolicy, head PDB. `serveConfigV2` is the Serve
+    config `rayfleet serve` deploys locally (rayfleet.serve.config: the spec travels in its
+    `args`, the source is resolved by the replicas from storage), so a replica change is an
+    in-place Serve update; workers are sized for the most replicas the spec can ask for.
+    This is also what the operator creates for a ModelDeployment object (reconcile)."""
     deployment = src.spec
     assert isinstance(deployment, ModelDeployment)
     name = check_name(src, MAX_RAYJOB_NAME, "RayService")
@@ -122,13 +118,12 @@ def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[
         serve=True,
         serve_token_secret=spec.auth.token_secret_name if spec.auth else None,
     )
-    config = {"applications": [application_config(deployment)]}
     service = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": name, "labels": pods.labels(name, "ray-service", deployment.kind)},
         "spec": {
-            "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
+            "serveConfigV2": serve_config_text(deployment),
             "rayClusterConfig": ray_cluster_spec(layout, options),
         },
     }
@@ -136,9 +131,8 @@ def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[
         name=name,
         cluster=name,
         metadata_labels=pods.labels(name, "network-policy", deployment.kind),
-        operator_namespace=options.operator_namespace,
-        egress_ports=options.egress_ports,
-        serve_from=[],
+        options=options,
+        serve=True,
     )
     return namespaced([service, policy, head_pdb(layout)], options)
 

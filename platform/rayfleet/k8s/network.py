@@ -4,16 +4,18 @@ Ray's GCS (6379), dashboard/Jobs API (8265) and client (10001) ports run arbitra
 whoever reaches them, so they stay inside: the cluster's own pods talk freely (Ray opens many
 ports between nodes), named clients (RayJob submitters, helm tests: CLIENT_LABEL) reach the
 three Ray ports, the KubeRay operator reaches the dashboard (and Serve's health check), and
-Serve (8000) opens only to the peers given. Egress: the cluster itself, DNS, and the listed
-TCP ports (S3 over HTTPS).
+Serve (8000) opens only to those clients and the peers given (`--serve-from`: an ingress
+controller, a gateway). Egress: the cluster itself, DNS, and the listed TCP ports (S3 over
+HTTPS), to the listed address ranges when there are any.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
 from typing import Any
 
 from rayfleet.k8s import pods
+from rayfleet.k8s.options import RenderOptions
 
 
 def _tcp(*ports: int) -> list[dict[str, Any]]:
@@ -32,33 +34,37 @@ def network_policy(
     name: str,
     cluster: str,
     metadata_labels: dict[str, str],
-    operator_namespace: str,
-    egress_ports: Iterable[int],
-    serve_from: list[dict[str, Any]] | None = None,
+    options: RenderOptions,
+    serve: bool,
 ) -> dict[str, Any]:
-    """`serve_from=None`: no Serve rule; a list: Serve (8000) open to those peers and clients."""
+    """The policy of cluster `cluster`. `serve`: Serve (8000) opens to its clients and
+    `options.serve_from`; egress to `options.egress_ports` (at `options.egress_cidrs`)."""
     own = {"podSelector": {"matchLabels": {pods.CLUSTER_LABEL: cluster}}}
     # The operator polls the dashboard, and for a RayService the head's Serve proxy health.
     operator_ports = [pods.RAY_PORTS["dashboard"]]
-    if serve_from is not None:
+    if serve:
         operator_ports.append(pods.SERVE_PORT)
     clients = {"podSelector": {"matchLabels": {pods.CLIENT_LABEL: cluster}}}
     ingress: list[dict[str, Any]] = [
         {"from": [own]},
         {"from": [clients], "ports": _tcp(*pods.RAY_PORTS.values())},
         {
-            "from": [operator_peer(operator_namespace)],
+            "from": [operator_peer(options.kuberay_namespace)],
             "ports": _tcp(*operator_ports),
         },
     ]
-    if serve_from is not None:
-        ingress.append({"from": [clients, *serve_from], "ports": _tcp(pods.SERVE_PORT)})
+    if serve:
+        peers = [copy.deepcopy(p) for p in options.serve_from]
+        ingress.append({"from": [clients, *peers], "ports": _tcp(pods.SERVE_PORT)})
     egress: list[dict[str, Any]] = [
         {"to": [own]},
         {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
     ]
-    if ports := list(egress_ports):
-        egress.append({"ports": _tcp(*ports)})
+    if options.egress_ports:
+        rule: dict[str, Any] = {"ports": _tcp(*options.egress_ports)}
+        if options.egress_cidrs:
+            rule["to"] = [{"ipBlock": {"cidr": cidr}} for cidr in options.egress_cidrs]
+        egress.append(rule)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -31,8 +31,11 @@ peering, two would both write.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
@@ -40,7 +43,7 @@ import kopf
 from rayfleet.errors import BadInputError
 from rayfleet.k8s import crd, reconcile
 from rayfleet.k8s.client import Cluster, ConflictError, NotFoundError
-from rayfleet.k8s.options import RenderOptions
+from rayfleet.k8s.options import OPERATOR_FLAGS, RenderOptions, from_flags
 
 ANNOTATION_PREFIX = "operator.rayfleet.io"
 RAY_SERVICES = ("ray.io", "v1", "rayservices")
@@ -203,54 +206,54 @@ def owned_child_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None
 
 def _plain(body: Any) -> dict[str, Any]:
     """kopf's read-only body as a plain, deep dict."""
-    import json
-
     return json.loads(json.dumps(dict(body), default=dict))
 
 
 # ------------------------------------------------------------------------------ entrypoint
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def add_render_flags(parser: argparse.ArgumentParser) -> None:
+    """The RenderOptions flags that shape a RayService, as `rayfleet render` names them
+    (declared once, in rayfleet.k8s.options)."""
+    group = parser.add_argument_group("the RayServices it creates (as for `rayfleet render`)")
+    for flag in OPERATOR_FLAGS:
+        group.add_argument(
+            flag.option,
+            dest=flag.field,
+            type=flag.type,
+            action="append" if flag.repeat else "store",
+            default=None if flag.repeat else flag.default,
+            metavar=flag.metavar,
+            help=flag.help + (f" (default: {_shown(flag.default)})" if flag.default else ""),
+        )
 
-    parser = argparse.ArgumentParser(
+
+def _shown(default: Any) -> str:
+    return ", ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
+def parser() -> argparse.ArgumentParser:
+    out = argparse.ArgumentParser(
         prog="python -m rayfleet.k8s.operator",
         description="Reconcile rayfleet ModelDeployments onto KubeRay RayServices.",
     )
-    scope = parser.add_mutually_exclusive_group(required=True)
+    scope = out.add_mutually_exclusive_group(required=True)
     scope.add_argument("-n", "--namespace", action="append", help="namespace to watch (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
-    parser.add_argument(
-        "--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
-    )
-    d = RenderOptions()
-    parser.add_argument("--image", help="Ray image of the RayServices; default: rayfleet's own")
-    parser.add_argument("--service-account", default=d.service_account)
-    parser.add_argument("--storage-config", default=d.storage_config)
-    parser.add_argument("--credentials-secret")
-    parser.add_argument("--auth-secret")
-    parser.add_argument("--kuberay-namespace", default=d.operator_namespace)
-    parser.add_argument("--egress-port", type=int, action="append")
-    parser.add_argument("--head-cpu", default=d.head_cpu)
-    parser.add_argument("--head-memory", default=d.head_memory)
-    parser.add_argument("--worker-memory", default=d.worker_memory)
-    parser.add_argument("--shm-size", default=d.shm_size)
-    args = parser.parse_args(argv)
+    out.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    add_render_flags(out)
+    return out
+
+
+def options_from(args: argparse.Namespace) -> RenderOptions:
+    """RenderOptions from parsed operator arguments; BadInputError for a bad value."""
+    return from_flags({flag.field: getattr(args, flag.field) for flag in OPERATOR_FLAGS})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        _State.options = RenderOptions(
-            image=args.image,
-            service_account=args.service_account,
-            storage_config=args.storage_config,
-            credentials_secret=args.credentials_secret,
-            auth_secret=args.auth_secret,
-            operator_namespace=args.kuberay_namespace,
-            egress_ports=tuple(args.egress_port) if args.egress_port else d.egress_ports,
-            head_cpu=args.head_cpu,
-            head_memory=args.head_memory,
-            worker_memory=args.worker_memory,
-            shm_size=args.shm_size,
-        )
+        _State.options = options_from(args)
         _ = _State.client().api  # credentials first: one line, not kopf's retry loop of tracebacks
     except BadInputError as exc:
         sys.stderr.write(f"error: {exc}\n")

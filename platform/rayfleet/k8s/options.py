@@ -1,60 +1,149 @@
 """What a rendered workload takes from its environment rather than from the spec.
 
 A spec says what to run; where it runs (image, namespace, the ServiceAccount that carries the
-cloud identity, the ConfigMap with the storage settings) belongs to the cluster. The defaults
-name the shared objects `manifests/base` creates and the KubeRay operator's namespace from the
-documented install, so an overlay applies without flags.
+cloud identity, the ConfigMap with the storage settings, who may reach Serve) belongs to the
+cluster. The defaults name the shared objects `manifests/base` creates and the KubeRay
+operator's namespace from the documented install, so an overlay applies without flags.
+
+Each field is declared once, here, with its flag and help: `rayfleet render` (cli/
+render_commands.py) and the operator (`python -m rayfleet.k8s.operator`, which takes the flags
+that apply to a RayService) build their flags from `FLAGS`, and `to_args` writes the
+non-default ones back (the header of a rendered file; the chart's operator Deployment passes
+the same names).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import ipaddress
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from rayfleet.errors import BadInputError
 
 DEFAULT_SERVICE_ACCOUNT = "rayfleet"
 DEFAULT_STORAGE_CONFIG = "rayfleet-storage"
-DEFAULT_OPERATOR_NAMESPACE = "kuberay-system"
+DEFAULT_KUBERAY_NAMESPACE = "kuberay-system"
+
+# What a field shapes. ALL: every Ray cluster, the operator's RayServices too; RAYJOB: only a
+# RayJob (the operator makes none); RENDER: only `rayfleet render`'s output (the operator puts
+# objects in their ModelDeployment's namespace).
+ALL, RAYJOB, RENDER = "all", "rayjob", "render"
+_PEER_KEYS = {"podSelector", "namespaceSelector", "ipBlock"}
+
+
+def _option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    minimum: int | None = None,
+    scope: str = ALL,
+    metavar: str | None = None,
+) -> Any:
+    """A RenderOptions field with its command-line flag. Tuple fields are repeatable flags
+    (one value each); `flag` defaults to the field name in kebab case."""
+    meta = {"help": help, "flag": flag, "minimum": minimum, "scope": scope, "metavar": metavar}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """Cluster-side choices for `rayfleet render` (CLI flags map 1:1 onto these fields)."""
+    """Cluster-side choices for `rayfleet render` and the operator (see the module doc)."""
 
-    image: str | None = None
-    """Ray image with rayfleet installed; default: the published image for this version
-    (the `-gpu` variant when the spec uses GPUs)."""
-    namespace: str | None = None
-    """metadata.namespace of every object; default: none (kubectl's or kustomize's)."""
-    service_account: str = DEFAULT_SERVICE_ACCOUNT
-    """ServiceAccount of the Ray pods: annotate it for IRSA / Workload Identity."""
-    storage_config: str = DEFAULT_STORAGE_CONFIG
-    """ConfigMap whose keys (RAYFLEET_STORAGE, AWS_REGION, AWS_ENDPOINT_URL) become env."""
-    credentials_secret: str | None = None
-    """An existing Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, when no pod identity."""
-    auth_secret: str | None = None
-    """An existing Secret with key `auth_token`; default: KubeRay generates one per cluster."""
-    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
-    """Namespace of the KubeRay operator, which must reach the dashboard (8265)."""
-    ttl_seconds_after_finished: int = 3600
-    active_deadline_seconds: int = 86400
-    backoff_limit: int = 1
-    head_cpu: str = "1"
-    head_memory: str = "4Gi"
-    worker_memory: str = "4Gi"
-    shm_size: str = "1Gi"
-    egress_ports: tuple[int, ...] = (443,)
-    """TCP ports Ray pods may open to any address (S3, package indexes); DNS is always open."""
+    image: str | None = _option(
+        None,
+        "Ray image with rayfleet installed; default: the published one for this version "
+        "(its -gpu variant for GPU pods, unless --gpu-image is set).",
+    )
+    gpu_image: str | None = _option(
+        None, "Image of GPU pods; default: --image, else the published -gpu image."
+    )
+    image_pull_secrets: tuple[str, ...] = _option(
+        (), "Secret for pulling the image on every pod (repeatable).", flag="image-pull-secret"
+    )
+    namespace: str | None = _option(
+        None,
+        "metadata.namespace of every object; default: none (kubectl's or kustomize's).",
+        scope=RENDER,
+    )
+    service_account: str = _option(
+        DEFAULT_SERVICE_ACCOUNT,
+        "ServiceAccount of the Ray pods: annotate it for IRSA / Workload Identity.",
+    )
+    storage_config: str = _option(
+        DEFAULT_STORAGE_CONFIG,
+        "ConfigMap whose keys (RAYFLEET_STORAGE, AWS_REGION, AWS_ENDPOINT_URL) every Ray "
+        "container gets as env.",
+    )
+    credentials_secret: str | None = _option(
+        None,
+        "Existing Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, when the pods have no "
+        "cloud identity.",
+    )
+    auth_secret: str | None = _option(
+        None, "Existing Secret with key auth_token (the Ray token); default: KubeRay makes one."
+    )
+    kuberay_namespace: str = _option(
+        DEFAULT_KUBERAY_NAMESPACE,
+        "Namespace of the KubeRay operator, which the NetworkPolicy lets reach the dashboard.",
+    )
+    ttl_seconds_after_finished: int = _option(
+        3600, "Seconds a finished RayJob is kept.", minimum=0, scope=RAYJOB, metavar="SECONDS"
+    )
+    active_deadline_seconds: int = _option(
+        86400,
+        "Seconds a RayJob may run before it is stopped.",
+        minimum=0,
+        scope=RAYJOB,
+        metavar="SECONDS",
+    )
+    backoff_limit: int = _option(1, "RayJob retries.", minimum=0, scope=RAYJOB)
+    head_cpu: str = _option("1", "CPU of the Ray head (requests = limits).")
+    head_memory: str = _option("4Gi", "Memory of the Ray head.")
+    worker_memory: str = _option("4Gi", "Memory of each Ray worker.")
+    shm_size: str = _option("1Gi", "/dev/shm size of every Ray pod (the object store).")
+    egress_ports: tuple[int, ...] = _option(
+        (443,),
+        "TCP port Ray pods may open (S3, package indexes; repeatable); DNS is always open.",
+        flag="egress-port",
+        metavar="PORT",
+    )
+    egress_cidrs: tuple[str, ...] = _option(
+        (), "Where --egress-port traffic may go (repeatable); default: anywhere.",
+        flag="egress-cidr",
+    )  # fmt: skip
+    serve_from: tuple[dict[str, Any], ...] = _option(
+        (),
+        "A NetworkPolicy peer allowed to Serve (8000), as JSON, e.g. an ingress controller's "
+        '{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}} '
+        "(repeatable); the cluster's clients always are.",
+        metavar="PEER_JSON",
+    )
 
     def __post_init__(self) -> None:
-        for name in ("ttl_seconds_after_finished", "active_deadline_seconds", "backoff_limit"):
-            if getattr(self, name) < 0:
-                raise BadInputError(f"{name.replace('_', '-')}: must be >= 0")
+        for f in fields(self):  # repeatable flags arrive as lists
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        object.__setattr__(self, "serve_from", tuple(_peer(p) for p in self.serve_from))
+        for f in fields(self):
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and getattr(self, f.name) < minimum:
+                raise BadInputError(f"--{flag_name(f)}: must be >= {minimum}")
         for port in self.egress_ports:
             if not 1 <= port <= 65535:
                 raise BadInputError(f"egress port {port} is not a TCP port (1-65535)")
+        for cidr in self.egress_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise BadInputError(
+                    f"--egress-cidr {cidr!r}: not a CIDR, e.g. 10.0.0.0/8"
+                ) from None
 
-    def changed(self) -> dict[str, object]:
+    def changed(self) -> dict[str, Any]:
         """The options that differ from the defaults (what the generated header records)."""
         default = RenderOptions()
         return {
@@ -62,3 +151,120 @@ class RenderOptions:
             for f in fields(self)
             if getattr(self, f.name) != getattr(default, f.name)
         }
+
+
+def _peer(value: Any) -> dict[str, Any]:
+    """A NetworkPolicy peer from a dict or its JSON text."""
+    text = value if isinstance(value, str) else None
+    if text is not None:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise BadInputError(
+                f"--serve-from {text!r}: not JSON; give a NetworkPolicy peer such as "
+                '\'{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}\''
+            ) from None
+    if not isinstance(value, dict) or not value or set(value) - _PEER_KEYS:
+        raise BadInputError(
+            f"--serve-from {json.dumps(value)}: a NetworkPolicy peer has podSelector, "
+            "namespaceSelector and/or ipBlock, nothing else"
+        )
+    return value
+
+
+# ------------------------------------------------------------------------------- the flags
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One RenderOptions field as a command-line option."""
+
+    field: str
+    name: str  # without the dashes
+    type: type  # of one value: str or int
+    default: Any
+    help: str
+    repeat: bool
+    minimum: int | None
+    scope: str
+    metavar: str
+
+    @property
+    def option(self) -> str:
+        return f"--{self.name}"
+
+    def format(self, value: Any) -> list[str]:
+        """`--name=value` (once per item for a repeatable flag)."""
+        items = value if self.repeat else (value,)
+        return [f"{self.option}={_text(item)}" for item in items]
+
+
+def flag_name(f: Any) -> str:
+    return f.metadata.get("flag") or f.name.replace("_", "-")
+
+
+def _text(value: Any) -> str:
+    return (
+        json.dumps(value, sort_keys=True, separators=(",", ":"))
+        if isinstance(value, dict)
+        else str(value)
+    )
+
+
+def _value_type(hint: Any) -> type:
+    """int for int fields (and tuples of ints), else str (text, or JSON for a peer)."""
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    return int if hint is int else str
+
+
+def _metavar(f: Any, hint: Any) -> str:
+    """`--head-memory MEMORY`, `--backoff-limit N`."""
+    return "N" if _value_type(hint) is int else flag_name(f).rsplit("-", 1)[-1].upper()
+
+
+def _flags() -> tuple[Flag, ...]:
+    hints = typing.get_type_hints(RenderOptions)
+    return tuple(
+        Flag(
+            field=f.name,
+            name=flag_name(f),
+            type=_value_type(hints[f.name]),
+            default=f.default,
+            help=f.metadata["help"],
+            repeat=isinstance(f.default, tuple),
+            minimum=f.metadata.get("minimum"),
+            scope=f.metadata["scope"],
+            metavar=f.metadata["metavar"] or _metavar(f, hints[f.name]),
+        )
+        for f in fields(RenderOptions)
+    )
+
+
+FLAGS: tuple[Flag, ...] = _flags()
+OPERATOR_FLAGS: tuple[Flag, ...] = tuple(f for f in FLAGS if f.scope == ALL)
+"""What shapes a RayService: the operator's flags (no namespace, no RayJob settings)."""
+
+
+def from_flags(values: Mapping[str, Any]) -> RenderOptions:
+    """RenderOptions from parsed flags keyed by field name; a repeatable flag given no value
+    (None or empty) keeps its default. BadInputError for a bad value."""
+    kwargs = {}
+    for flag in FLAGS:
+        if flag.field not in values:
+            continue
+        value = values[flag.field]
+        if flag.repeat:
+            if not value:
+                continue
+            value = tuple(value)
+        kwargs[flag.field] = value
+    return RenderOptions(**kwargs)
+
+
+def to_args(options: RenderOptions) -> list[str]:
+    """The flags that reproduce `options` (non-default ones only, in declaration order)."""
+    changed = options.changed()
+    return [
+        arg for flag in FLAGS if flag.field in changed for arg in flag.format(changed[flag.field])
+    ]

@@ -3,6 +3,10 @@
     kubectl rayfleet status [-n NS | -A]                     ModelDeployments and RayServices
     kubectl rayfleet scale NAME --replicas N [-n NS] [--app APP] [--deployment DEP]
 
+Both take `--kube-context NAME`, a kubeconfig context (as kubectl's `--context`). It is not
+called `--context` because in `rayfleet` that names a Ray cluster (`rayfleet context ...`);
+`--context` still works here, hidden and deprecated.
+
 `scale` works on any RayService, operator or not: KubeRay keeps Serve's replica counts in the
 `serveConfigV2` YAML string and gives RayService no scale subresource, so it reads the
 RayService, changes that one `num_replicas` in the string (comments and every other field
@@ -19,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
+from rich.table import Table
 
-from rayfleet.cli.output import console, err_console, handle_errors
+from rayfleet.console import console, err_console, handle_errors, set_debug
 from rayfleet.errors import BadInputError
 from rayfleet.k8s import crd
+from rayfleet.k8s.client import Cluster, NotFoundError
 from rayfleet.k8s.reconcile import owner_of
 from rayfleet.k8s.serveconfig import ServeConfigError, Target, set_replicas, targets
 
@@ -152,14 +158,29 @@ def status_rows(
 # --------------------------------------------------------------------------------- commands
 
 
-def _cluster(context: str | None):
-    from rayfleet.k8s.client import Cluster
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+    set_debug(debug)
 
-    return Cluster(context=context)
+
+def _cluster(kube_context: str | None) -> Cluster:
+    return Cluster(context=kube_context)
+
+
+def _kube_context(kube_context: str | None, deprecated: str | None) -> str | None:
+    if deprecated is not None:
+        err_console.print(
+            "note: --context is deprecated here; use --kube-context (a kubeconfig context)",
+            highlight=False,
+        )
+    return kube_context or deprecated
 
 
 NamespaceOption = typer.Option(None, "--namespace", "-n", help="Namespace; default: kubeconfig's.")
-ContextOption = typer.Option(None, "--context", help="kubeconfig context.")
+KubeContextOption = typer.Option(
+    None, "--kube-context", help="kubeconfig context (kubectl's --context)."
+)
+DeprecatedContextOption = typer.Option(None, "--context", hidden=True)
 
 
 @app.command()
@@ -167,14 +188,11 @@ ContextOption = typer.Option(None, "--context", help="kubeconfig context.")
 def status(
     namespace: str | None = NamespaceOption,
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A"),
-    context: str | None = ContextOption,
+    kube_context: str | None = KubeContextOption,
+    context: str | None = DeprecatedContextOption,
 ) -> None:
     """ModelDeployments and RayServices with their Serve replica targets and states."""
-    from rich.table import Table
-
-    from rayfleet.k8s.client import NotFoundError
-
-    cluster = _cluster(context)
+    cluster = _cluster(_kube_context(kube_context, context))
     ns = None if all_namespaces else (namespace or cluster.default_namespace())
     try:
         mds = cluster.list(crd.KIND, ns)
@@ -206,12 +224,11 @@ def scale(
     deployment: str | None = typer.Option(
         None, "--deployment", help="Serve deployment in the application (if several)."
     ),
-    context: str | None = ContextOption,
+    kube_context: str | None = KubeContextOption,
+    context: str | None = DeprecatedContextOption,
 ) -> None:
     """Set a Serve deployment's num_replicas in a RayService's serveConfigV2 (in place)."""
-    from rayfleet.k8s.client import NotFoundError
-
-    cluster = _cluster(context)
+    cluster = _cluster(_kube_context(kube_context, context))
     ns = namespace or cluster.default_namespace()
     service = cluster.get("RayService", ns, name)
     if service is None:

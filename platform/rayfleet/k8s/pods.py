@@ -1,8 +1,9 @@
 """The pieces every Ray pod shares: image, labels, security contexts, volumes, templates.
 
-These values are the rendered twin of the chart's `_helpers.tpl` (same user and group, same
-container security context, same ports and volumes); tests/k8s compares the two outputs so
-`rayfleet render` and `helm install` can't drift apart on security.
+The canonical definition: `rayfleet render` and the operator build their pods from these, and
+the Helm chart's RayCluster (the one Ray object Go templates still write) is checked against
+them: tests/k8s/test_chart.py derives the expected security contexts, ports, volumes, mounts
+and HOME of every chart Ray pod from this module, so the chart can't drift from it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from rayfleet.serve.auth import TOKEN_ENV
 
 RAY_VERSION = "2.60.0"
 PYTHON_TAG = "py311"
@@ -22,9 +25,8 @@ RUN_AS_GROUP = 100
 # Ray's control-plane ports on the head: GCS, dashboard + Jobs API, Ray Client.
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 SERVE_PORT = 8000
-# What Serve replicas read their bearer token from (rayfleet.serve.auth.TOKEN_ENV; tests/k8s
-# holds the two equal without this module importing the serving code).
-SERVE_TOKEN_ENV = "RAYFLEET_SERVE_TOKEN"
+# What Serve replicas read their bearer token from (set from the spec's token Secret).
+SERVE_TOKEN_ENV = TOKEN_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -95,6 +97,11 @@ def container_security_context() -> dict[str, Any]:
         "seccompProfile": {"type": "RuntimeDefault"},
         "readOnlyRootFilesystem": True,
     }
+
+
+def pull_secrets(names: tuple[str, ...]) -> dict[str, Any]:
+    """`imagePullSecrets` for a pod spec (nothing when there are none)."""
+    return {"imagePullSecrets": [{"name": n} for n in names]} if names else {}
 
 
 def cpu_quantity(cpus: float) -> str:

@@ -35,6 +35,7 @@ def submitter_template(layout: Layout, options: RenderOptions) -> dict[str, Any]
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "securityContext": pods.pod_security_context(),
+            **pods.pull_secrets(options.image_pull_secrets),
             "containers": [
                 {
                     "name": SUBMITTER_CONTAINER,
@@ -105,9 +106,8 @@ def ray_job(
             name=name,
             cluster=name,
             metadata_labels=pods.labels(name, "network-policy", kind),
-            operator_namespace=options.operator_namespace,
-            egress_ports=options.egress_ports,
-            serve_from=[] if layout.serve else None,
+            options=options,
+            serve=layout.serve,
         )
     )
     objects.append(head_pdb(layout))

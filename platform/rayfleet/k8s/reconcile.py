@@ -32,8 +32,11 @@ from typing import Any
 import yaml
 
 from rayfleet.k8s import crd, pods
+from rayfleet.k8s.kinds import render_model_deployment
 from rayfleet.k8s.options import RenderOptions
 from rayfleet.k8s.serveconfig import ServeConfigError, targets
+from rayfleet.k8s.source import SpecFile
+from rayfleet.serve.config import DEPLOYMENT
 from rayfleet.specs import ModelDeployment, parse_spec
 
 OWNER_LABEL = "rayfleet.io/model-deployment"
@@ -118,9 +121,6 @@ def worker_selector(name: str) -> str:
 def desired_objects(obj: dict[str, Any], options: RenderOptions | None = None) -> list[dict]:
     """RayService, NetworkPolicy, PodDisruptionBudget for a ModelDeployment object: what
     `rayfleet render` writes for the same spec, namespaced, owned and labelled."""
-    from rayfleet.k8s.kinds import render_model_deployment
-    from rayfleet.k8s.source import SpecFile
-
     deployment = parse(obj)
     meta = obj["metadata"]
     src = SpecFile(path=Path(ref(obj)), spec=deployment, overrides=(), files={})
@@ -392,9 +392,7 @@ def status(
     generation = rs_meta.get("generation")
     observed = generation is not None and rs_status.get("observedGeneration") == generation
     app_state, app = _app_status(ray_service, deployment.name)
-    dep_state = ((app.get("serveDeploymentStatuses") or {}).get(_deployment_name()) or {}).get(
-        "status"
-    )
+    dep_state = ((app.get("serveDeploymentStatuses") or {}).get(DEPLOYMENT) or {}).get("status")
     out["serveStatus"] = app_state
     live_target = _live_target(ray_service, deployment.name)
     if target is not None:
@@ -438,12 +436,6 @@ def status(
     return _drop_none(out)
 
 
-def _deployment_name() -> str:
-    from rayfleet.serve.deployment import DEPLOYMENT
-
-    return DEPLOYMENT
-
-
 def _live_target(ray_service: dict[str, Any], app: str) -> int | None:
     """num_replicas in the RayService's serveConfigV2 for our application's deployment."""
     try:
@@ -451,7 +443,7 @@ def _live_target(ray_service: dict[str, Any], app: str) -> int | None:
     except ServeConfigError:  # someone broke the string by hand: report nothing, don't fail
         return None
     for t in found:
-        if t.app == app and t.deployment == _deployment_name():
+        if t.app == app and t.deployment == DEPLOYMENT:
             return t.replicas if t.replicas is not None else 1
     return None
 

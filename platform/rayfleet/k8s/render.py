@@ -14,7 +14,7 @@ import yaml
 
 from rayfleet.errors import SpecError
 from rayfleet.k8s.kinds import RENDERERS
-from rayfleet.k8s.options import RenderOptions
+from rayfleet.k8s.options import RenderOptions, to_args
 from rayfleet.k8s.source import SpecFile, read_spec_file
 from rayfleet.specs import COMMANDS
 
@@ -40,12 +40,7 @@ def command_line(path: str | Path, overrides: tuple[str, ...], options: RenderOp
     """The `rayfleet render` invocation that reproduces an output (only non-default flags)."""
     args = ["rayfleet", "render", Path(path).as_posix()]
     args += [f"--set={item}" for item in overrides]
-    for name, value in options.changed().items():
-        if name == "egress_ports":
-            args += [f"--egress-port={port}" for port in value]  # type: ignore[union-attr]
-        else:
-            args.append(f"--{name.replace('_', '-')}={value}")
-    return shlex.join(args)
+    return shlex.join(args + to_args(options))
 
 
 class _Dumper(yaml.SafeDumper):

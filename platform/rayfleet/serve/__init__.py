@@ -6,9 +6,10 @@
     app         the FastAPI app (health, metadata, infer) over an `InferenceService`, which
                 owns the model and its dynamic batching (`@serve.batch`)
     auth        the optional bearer-token check (spec.auth): where the token lives, and where not
-    deployment  the Ray Serve deployment and application builder, and the Serve config that
-                both `rayfleet serve` and a KubeRay RayService (serveConfigV2) deploy
-    runtime     deploy / scale / status / shutdown against a local or connected Serve
+    config      the one Serve config (pure: no Ray, FastAPI or torch) that `rayfleet serve`,
+                `rayfleet render` (serveConfigV2) and the operator all deploy
+    deployment  the Ray Serve runtime: the replica class and the application builder
+    runtime     deploy / scale / status against a local or connected Serve
     client      a small HTTP client with retries and backoff (what `rayfleet predict` uses)
     evaluate    a dataset split classified over HTTP and offline (the quickstart's last step)
 

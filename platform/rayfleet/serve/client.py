@@ -16,15 +16,15 @@ for at most `retries` retries.
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import tenacity
 
 from rayfleet.errors import BadInputError, WorkFailedError
+from rayfleet.retry import doubling, jittered, retrying
 from rayfleet.serve.auth import client_token
 
 RETRY_STATUS = {429, 502, 503, 504}
@@ -41,6 +41,14 @@ class InferenceError(BadInputError):
 
 class UnavailableError(WorkFailedError):
     """No answer after every retry."""
+
+
+class _Retryable(Exception):
+    """An attempt that may not have been answered: worth sending again."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -62,7 +70,7 @@ def _error_message(response: httpx.Response) -> str | None:
 
 
 class PredictClient:
-    """OIP calls against one server: `metadata`, `ready`, `infer`, each with retries.
+    """OIP calls against one server: `metadata`, `infer`, each with retries.
 
     `token`: the bearer token to send; None reads $RAYFLEET_SERVE_TOKEN, "" sends none."""
 
@@ -81,6 +89,7 @@ class PredictClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self._backoff = doubling(backoff_s, max_backoff_s)
         self.stats = ClientStats()
         self._lock = threading.Lock()
         self._http = httpx.Client(
@@ -98,54 +107,63 @@ class PredictClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
-        if response is not None and (after := response.headers.get("retry-after", "")).isdigit():
-            delay = max(delay, min(float(after), self.max_backoff_s))
-        return delay * (0.5 + random.random() / 2)
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Doubling backoff, at least the server's `Retry-After` (both capped)."""
+        delay = self._backoff(state)
+        if (after := getattr(state.outcome.exception(), "retry_after", None)) is not None:
+            delay = max(delay, min(after, self.max_backoff_s))
+        return delay
+
+    def _count_retry(self, state: tenacity.RetryCallState) -> None:
+        if state.attempt_number == 1:
+            with self._lock:
+                self.stats.retried += 1
+
+    def _attempt(self, method: str, url: str, json_body: Any) -> dict[str, Any]:
+        """One request: the JSON of a 2xx; _Retryable for what is worth sending again."""
+        with self._lock:
+            self.stats.attempts += 1
+        try:
+            response = self._http.request(method, url, json=json_body)
+        except httpx.TransportError as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise _Retryable(reason) from None
+        if response.is_success:
+            return response.json()
+        message = _error_message(response)
+        if response.status_code in RETRY_STATUS or (
+            response.status_code == 500 and message is None
+        ):
+            after = response.headers.get("retry-after", "")
+            raise _Retryable(
+                f"HTTP {response.status_code}: {(message or response.text)[:200]}",
+                retry_after=float(after) if after.isdigit() else None,
+            )
+        detail = message or response.text[:300] or response.reason_phrase
+        if response.status_code < 500:
+            raise InferenceError(response.status_code, detail)
+        raise WorkFailedError(f"{url}: HTTP {response.status_code}: {detail}")
 
     def request(self, method: str, path: str, json_body: Any = None) -> dict[str, Any]:
         """One call with retries; the decoded JSON answer of a 2xx."""
         url = f"{self.url}{path}"
-        last = ""
         with self._lock:
             self.stats.requests += 1
-        for attempt in range(self.retries + 1):
-            if attempt:
-                with self._lock:
-                    self.stats.retried += attempt == 1
-            with self._lock:
-                self.stats.attempts += 1
-            response = None
-            try:
-                response = self._http.request(method, url, json=json_body)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                if response.is_success:
-                    return response.json()
-                message = _error_message(response)
-                retry = response.status_code in RETRY_STATUS or (
-                    response.status_code == 500 and message is None
-                )
-                if not retry:
-                    detail = message or response.text[:300] or response.reason_phrase
-                    if response.status_code < 500:
-                        raise InferenceError(response.status_code, detail)
-                    raise WorkFailedError(f"{url}: HTTP {response.status_code}: {detail}")
-                last = f"HTTP {response.status_code}: {(message or response.text)[:200]}"
-            if attempt < self.retries:
-                time.sleep(self._delay(attempt, response))
-        raise UnavailableError(
-            f"{url}: no answer after {self.retries + 1} attempt(s) ({last}); is the server "
-            "running? (`rayfleet serve status`)"
-        )
+        try:
+            return retrying(
+                on=_Retryable,
+                wait=jittered(self._wait),
+                attempts=self.retries + 1,
+                before_sleep=self._count_retry,
+            )(self._attempt, method, url, json_body)
+        except _Retryable as exc:
+            raise UnavailableError(
+                f"{url}: no answer after {self.retries + 1} attempt(s) ({exc}); is the server "
+                "running? (`rayfleet serve status`)"
+            ) from None
 
     def metadata(self, model: str) -> dict[str, Any]:
         return self.request("GET", f"/v2/models/{model}")
-
-    def ready(self, model: str) -> bool:
-        return bool(self.request("GET", f"/v2/models/{model}/ready").get("ready"))
 
     def infer(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", f"/v2/models/{model}/infer", body)

@@ -1,22 +1,11 @@
-"""The Ray Serve side: the replica class, the application builder, and the Serve config.
+"""The Ray Serve runtime of a ModelDeployment: the replica class and the application builder.
 
-Deployments go through Serve's declarative config (`import_path` + `args` + per-deployment
-overrides), the same document a KubeRay RayService carries in `serveConfigV2`. Two reasons:
-
-- Parity: `application_config(deployment)` is what runs locally and what a cluster runs.
-- In-place scaling: Serve hashes `import_path`, `args` and the runtime env into the app's code
-  version. Replica counts live in the per-deployment overrides, outside `args`, so changing
-  them keeps the code version and Serve adds or drains replicas without restarting the
-  others (no reload, no dropped requests). A new checkpoint or batching setting changes
-  `args` and rolls the replicas.
-
-`args` carries the spec without its scaling fields and, when the deploying process resolved
-it, the pinned checkpoint URI; on a cluster without one, the builder resolves the source (and
-pins it, see `loading.pin_checkpoint`).
-
-With `spec.auth`, the replicas read the token from their own environment (RAYFLEET_SERVE_TOKEN,
-inherited from the Ray node): never from `args` or a runtime_env in this config, which Serve
-shows in its details and `rayfleet render` prints (see `auth`).
+This is what runs on Serve: `application` is the `import_path` of the config that
+`rayfleet.serve.config` builds (for `rayfleet serve`, `rayfleet render` and the operator
+alike), and each replica is a `ModelServer` that loads the pinned checkpoint and serves the
+Open Inference Protocol app. It imports Ray Serve and FastAPI (the app), and its replicas
+load torch: only serving processes import it. The config itself, and the names in it, live
+in `serve.config`, which imports none of these.
 """
 
 from __future__ import annotations
@@ -26,18 +15,15 @@ from typing import Any
 
 from ray import serve
 
+from rayfleet.errors import SpecError
 from rayfleet.serve.app import InferenceService, build_app
 from rayfleet.serve.auth import server_token
+from rayfleet.serve.config import DEPLOYMENT, deployment_options, replica_settings
 from rayfleet.serve.loading import load_model, pin_checkpoint, resolve_source
+from rayfleet.specs import parse_spec
 from rayfleet.specs.serve import ModelDeployment
 
-DEPLOYMENT = "ModelServer"
-IMPORT_PATH = "rayfleet.serve.deployment:application"
-_SCALING_FIELDS = ("replicas", "autoscaling")
-# Switches that are off by default stay out of `args` while off, so a deployment that does not
-# use them keeps its Serve code version across an upgrade (no rolling restart) and rendered
-# manifests do not change.
-_OFF_BY_DEFAULT = ("exposeSource",)
+__all__ = ["ModelServer", "application"]
 
 
 @serve.deployment(
@@ -75,71 +61,9 @@ class ModelServer:
         return build_app(self.service, token=self._token)
 
 
-def replica_settings(deployment: ModelDeployment, checkpoint: str) -> dict[str, Any]:
-    """What each replica needs: plain data, so it travels in the Serve config."""
-    spec = deployment.spec
-    return {
-        "model_name": deployment.model_name,
-        "checkpoint": checkpoint,
-        "max_batch_size": spec.batching.max_batch_size,
-        "batch_wait_timeout_s": spec.batching.batch_wait_timeout_s,
-        "max_request_bytes": spec.max_request_bytes,
-        "gpus": spec.gpus_per_replica,
-        "auth": spec.auth is not None,  # whether to check; the token itself is not in here
-        "expose_source": spec.expose_source,
-    }
-
-
-def deployment_options(deployment: ModelDeployment, *, scaling: bool = True) -> dict[str, Any]:
-    """Serve deployment options from the spec (the keys of Serve's DeploymentSchema)."""
-    spec = deployment.spec
-    options: dict[str, Any] = {
-        "max_ongoing_requests": spec.ongoing_limit,
-        "ray_actor_options": {"num_cpus": spec.cpus_per_replica, "num_gpus": spec.gpus_per_replica},
-    }
-    if scaling and spec.autoscaling is not None:
-        a = spec.autoscaling
-        options["autoscaling_config"] = {
-            "min_replicas": a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "initial_replicas": max(a.min_replicas, 1),
-            "target_ongoing_requests": a.target_ongoing_requests,
-        }
-    elif scaling and spec.replicas is not None:
-        options["num_replicas"] = spec.replicas
-    return options
-
-
-def application_config(deployment: ModelDeployment, checkpoint: str | None = None) -> dict:
-    """The Serve application config (ServeApplicationSchema / a serveConfigV2 entry)."""
-    doc = deployment.model_dump(mode="json", by_alias=True, exclude_none=True)
-    for key in _SCALING_FIELDS:
-        doc["spec"].pop(key, None)
-    for key in _OFF_BY_DEFAULT:
-        if doc["spec"].get(key) is False:
-            del doc["spec"][key]
-    args: dict[str, Any] = {"spec": doc}
-    if checkpoint is not None:
-        args["checkpoint"] = checkpoint
-    overrides = deployment_options(deployment)
-    overrides.setdefault("num_replicas", deployment.num_replicas or 1)
-    if "autoscaling_config" in overrides:
-        overrides.pop("num_replicas")
-    return {
-        "name": deployment.name,
-        "route_prefix": deployment.spec.route_prefix,
-        "import_path": IMPORT_PATH,
-        "args": args,
-        "deployments": [{"name": DEPLOYMENT, **overrides}],
-    }
-
-
 def application(args: dict[str, Any]):
     """Serve application builder (`import_path`): `{"spec": ModelDeployment doc,
     "checkpoint"?: URI}` -> the bound app. Without a checkpoint the source is resolved here."""
-    from rayfleet.errors import SpecError
-    from rayfleet.specs import parse_spec
-
     deployment = parse_spec(args.get("spec"), source="serve application args")
     if not isinstance(deployment, ModelDeployment):
         raise SpecError(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayfleet.local import stop_gracefully
+from rayfleet.retry import poll
 from rayfleet.storage.uri import StorageURI
 
 
@@ -79,7 +80,8 @@ def serve_and_classify(
     import subprocess
     import sys
     import threading
-    import time
+
+    import httpx
 
     from rayfleet.errors import WorkFailedError
     from rayfleet.serve.loading import resolve_source
@@ -94,21 +96,31 @@ def serve_and_classify(
     for item in overrides:
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = threading.Event()
 
-    def pump() -> None:
+    def pump() -> None:  # the server's own lines, echoed as they come
         for line in proc.stdout:
             echo(line.rstrip())
-            if "Ctrl-C stops serving" in line:
-                ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool | None:
+        """The model answers /v2/health/ready (what a probe asks), or None to ask again."""
+        if proc.poll() is not None:
+            raise WorkFailedError(f"`{' '.join(cmd)}` exited ({proc.returncode}) before serving")
+        try:
+            return httpx.get(f"{url}/v2/health/ready", timeout=2.0).status_code == 200 or None
+        except httpx.TransportError:
+            return None
+
     try:
-        deadline = time.monotonic() + timeout_s
-        while not ready.wait(0.5):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise WorkFailedError(f"`{' '.join(cmd)}` did not start serving")
-        url = f"http://127.0.0.1:{port}"
+        poll(
+            ready,
+            timeout=timeout_s,
+            interval=0.5,
+            what=f"`{' '.join(cmd)}` to serve",
+            on_timeout=lambda: WorkFailedError(f"`{' '.join(cmd)}` did not start serving"),
+        )
         served = evaluate_served(url, deployment.model_name, split.features, split.labels)
     finally:
         stop_gracefully(proc)

@@ -36,6 +36,7 @@ from rayfleet.errors import BadInputError, CheckpointError, StorageError
 from rayfleet.storage.checkpoints import MANIFEST, download_verified, newest_verified, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.train.recipes import RECIPES, STATE_FILE
 from rayfleet.tune.documents import BEST_FILE, BestTrial
 
 if TYPE_CHECKING:
@@ -43,13 +44,8 @@ if TYPE_CHECKING:
 
     from rayfleet.specs.serve import ModelDeployment
 
-STATE_FILE = "state.pt"  # rayfleet.train.recipes.common.STATE_FILE, without importing torch
-
 # Recipe name (manifest meta "recipe") -> the function that builds its model from model_config.
-MODEL_BUILDERS = {
-    "digits-cnn": "rayfleet.train.recipes.digits:build_model",
-    "synthetic-mlp": "rayfleet.train.recipes.synthetic:build_model",
-}
+MODEL_BUILDERS = {name: r.model_builder for name, r in RECIPES.items() if r.model_builder}
 
 # numpy dtype name -> Open Inference Protocol datatype, for the dtypes a signature may use.
 OIP_DATATYPES = {

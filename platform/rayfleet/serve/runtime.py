@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from rayfleet.errors import BadInputError, WorkFailedError
+from rayfleet.retry import poll
 from rayfleet.serve.auth import ServeAuthError
-from rayfleet.serve.deployment import DEPLOYMENT, application_config
+from rayfleet.serve.config import DEPLOYMENT, application_config
 from rayfleet.serve.loading import ModelLoadError, ResolvedSource
 from rayfleet.specs.serve import ModelDeployment
 
@@ -183,12 +184,12 @@ def _failure(deployment: ModelDeployment, message: str) -> Exception:
 
 
 def _wait_running(deployment: ModelDeployment, previous_ts: float | None, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
     want = deployment.num_replicas  # None under autoscaling
     last = None
-    while time.monotonic() < deadline:
-        app = _app_status(deployment.name)
-        last = app
+
+    def running() -> bool | None:
+        nonlocal last
+        app = last = _app_status(deployment.name)
         if app is not None and (previous_ts is None or app.last_deployed_time_s != previous_ts):
             dep = app.deployments.get(DEPLOYMENT)
             if app.status == "DEPLOY_FAILED":
@@ -198,12 +199,22 @@ def _wait_running(deployment: ModelDeployment, previous_ts: float | None, timeou
                 states = {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
                 settled = sum(states.values()) == states.get("RUNNING", 0)
                 if want is None or (states.get("RUNNING") == want and settled):
-                    return
-        time.sleep(_POLL_S)
-    state = f"{last.status}: {last.message[:200]}" if last is not None else "not created"
-    raise WorkFailedError(
-        f"deployment {deployment.name} is not running after {timeout_s:.0f}s ({state}); "
-        "check `rayfleet serve status` and the replica logs (--verbose)"
+                    return True
+        return None
+
+    def not_running() -> Exception:
+        state = f"{last.status}: {last.message[:200]}" if last is not None else "not created"
+        return WorkFailedError(
+            f"deployment {deployment.name} is not running after {timeout_s:.0f}s ({state}); "
+            "check `rayfleet serve status` and the replica logs (--verbose)"
+        )
+
+    poll(
+        running,
+        timeout=timeout_s,
+        interval=_POLL_S,
+        what=f"deployment {deployment.name} to run",
+        on_timeout=not_running,
     )
 
 
@@ -255,12 +266,6 @@ def serve_url(route_prefix: str = "/") -> str | None:
     """Base URL of the connected Serve instance's HTTP proxy, or None if Serve is not running."""
     client = _client()
     return base_url(client.get_serve_details(), route_prefix) if client is not None else None
-
-
-def shutdown() -> None:
-    from ray import serve
-
-    serve.shutdown()
 
 
 # -------------------------------------------------------------- the local instance's record

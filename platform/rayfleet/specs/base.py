@@ -12,7 +12,7 @@ import os
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from rayfleet.errors import StorageError
@@ -89,7 +89,13 @@ def _check_name(value: str) -> str:
 
 UriStr = Annotated[str, AfterValidator(_check_uri)]
 DatasetStr = Annotated[str, AfterValidator(_check_dataset)]
-NameStr = Annotated[str, AfterValidator(_check_name)]
+# The JSON Schema (and so the CRD) carries the same rule, so an API server refuses a bad
+# name on apply; the validator gives the one-line message locally.
+NameStr = Annotated[
+    str,
+    AfterValidator(_check_name),
+    WithJsonSchema({"type": "string", "pattern": f"^{NAME_RE.pattern}$", "maxLength": MAX_NAME}),
+]
 
 
 class Metadata(SpecModel):

@@ -23,13 +23,13 @@ import fcntl
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rayfleet.errors import StorageError
+from rayfleet.retry import CONFLICT, retrying
 from rayfleet.storage.filesystem import atomic_write_local, s3_client
 from rayfleet.storage.uri import StorageURI
 
@@ -144,16 +144,18 @@ def update(
 ) -> dict[str, Any]:
     """Read the JSON document at `uri`, apply `change` in place, store it only if nobody
     wrote in between; on a conflict read again and re-apply. Returns what was stored."""
-    for attempt in range(attempts):
+
+    def attempt() -> dict[str, Any]:
         current = read(uri)
         doc = current.json() or {}
         change(doc)
-        try:
-            write(uri, json.dumps(doc, indent=1).encode(), expect=current.version)
-            return doc
-        except Conflict:
-            time.sleep(min(0.05 * 2**attempt, 1.0))
-    raise StorageError(
-        f"{uri}: {attempts} writers in a row changed this document while it was being updated; "
-        "is a second driver running for the same name?"
-    )
+        write(uri, json.dumps(doc, indent=1).encode(), expect=current.version)
+        return doc
+
+    try:
+        return retrying(on=Conflict, wait=CONFLICT, attempts=attempts)(attempt)
+    except Conflict:
+        raise StorageError(
+            f"{uri}: {attempts} writers in a row changed this document while it was being "
+            "updated; is a second driver running for the same name?"
+        ) from None

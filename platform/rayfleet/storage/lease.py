@@ -23,6 +23,7 @@ import time
 import uuid
 
 from rayfleet.errors import BadInputError
+from rayfleet.retry import poll
 from rayfleet.storage import documents
 from rayfleet.storage.uri import StorageURI
 
@@ -65,26 +66,37 @@ class Lease:
     def acquire(self, *, wait_s: float | None = None) -> None:
         """Take the lease, waiting up to `wait_s` (default: one TTL and a bit) for a holder
         that stopped renewing; a holder that keeps renewing means another live driver."""
-        deadline = time.monotonic() + (self.ttl_s + 5 if wait_s is None else wait_s)
-        while True:
+        held: dict | None = None
+
+        def take() -> bool | None:
+            nonlocal held
             current = documents.read(self.uri)
             held = current.json()
             expired = held is None or float(held.get("expires", 0)) < time.time()
             if current.data is None or expired:
                 try:
                     self._version = documents.write(self.uri, self._doc(), expect=current.version)
-                    break
+                    return True
                 except documents.Conflict:
-                    continue  # someone else moved first: look again
-            if time.monotonic() >= deadline:
-                holder = (held or {}).get("holder", "another driver")
-                raise RunLockedError(
-                    f"{self.what} is being run by {holder} (lease {self.uri} renewed "
-                    f"{time.time() - float((held or {}).get('renewed', 0)):.0f}s ago); wait for "
-                    "it to finish, stop it (rayfleet jobs stop NAME), or use another "
-                    "metadata.name"
-                )
-            time.sleep(min(1.0, max(0.1, deadline - time.monotonic())))
+                    return take()  # someone else moved first: look again at once
+            return None
+
+        def locked() -> RunLockedError:
+            holder = (held or {}).get("holder", "another driver")
+            return RunLockedError(
+                f"{self.what} is being run by {holder} (lease {self.uri} renewed "
+                f"{time.time() - float((held or {}).get('renewed', 0)):.0f}s ago); wait for "
+                "it to finish, stop it (rayfleet jobs stop NAME), or use another "
+                "metadata.name"
+            )
+
+        poll(
+            take,
+            timeout=self.ttl_s + 5 if wait_s is None else wait_s,
+            interval=1.0,
+            what=f"the lease {self.uri}",
+            on_timeout=locked,
+        )
         self._thread = threading.Thread(target=self._renew, daemon=True, name="rayfleet-lease")
         self._thread.start()
 

@@ -1,5 +1,8 @@
 """A real S3 protocol server on loopback (moto), for the quickstart and the tests.
 
+moto is an optional dependency: the `demo` extra (`pip install 'rayfleet[demo]'`) brings it,
+and without it starting the server fails with one line that names the extra.
+
 Not a mock object: clients talk HTTP S3 to it through the same boto3 and pyarrow code they
 use against AWS. It binds 127.0.0.1 only and lives as long as the process that started it.
 moto keeps its buckets in process memory, so `restart()` on the same port brings the same
@@ -12,14 +15,27 @@ import logging
 import os
 from contextlib import contextmanager
 
+from rayfleet.errors import BadInputError
+
+EXTRA = "demo"  # pip install 'rayfleet[demo]' brings moto's server
+
+
+def _moto_server():
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise BadInputError(
+            "the loopback S3 server needs moto's server, which is not installed; "
+            f"run: pip install 'rayfleet[{EXTRA}]'"
+        ) from None
+    return ThreadedMotoServer
+
 
 class LoopbackS3:
     def __init__(self, port: int = 0):
-        from moto.server import ThreadedMotoServer
-
+        self._cls = _moto_server()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self._cls = ThreadedMotoServer
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._server = self._cls(ip_address="127.0.0.1", port=port, verbose=False)
         self._server.start()
         self.port = self._server.get_host_and_port()[1]
 

@@ -21,9 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import tenacity
+
 from rayfleet.data.layout import read_info
 from rayfleet.errors import SpecError, StorageError, WorkFailedError
 from rayfleet.local import free_port
+from rayfleet.retry import RECONNECT, retrying
 from rayfleet.specs import TrainJob
 from rayfleet.storage.checkpoints import SPEC_HASH_KEY, newest_verified, prune
 from rayfleet.storage.filesystem import filesystem_for
@@ -249,18 +252,15 @@ def _is_io_error(exc: BaseException) -> bool:
 
 
 def _wait_for_storage(storage: StorageURI, notify: EventHandler) -> None:
-    deadline = time.monotonic() + _STORAGE_WAIT_S
-    delay = 1.0
-    while True:
-        try:
-            preflight(storage)
-            return
-        except StorageError as exc:
-            if time.monotonic() > deadline:
-                raise
-            notify({"type": "log", "message": f"waiting for storage: {exc}"})
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    """Preflight `storage` until it answers (RECONNECT backoff), for up to _STORAGE_WAIT_S;
+    then the last StorageError."""
+
+    def waiting(state: tenacity.RetryCallState) -> None:
+        notify({"type": "log", "message": f"waiting for storage: {state.outcome.exception()}"})
+
+    retrying(on=StorageError, wait=RECONNECT, within_s=_STORAGE_WAIT_S, before_sleep=waiting)(
+        preflight, storage
+    )
 
 
 def check_inputs(job: TrainJob) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-STATE_FILE = "state.pt"
+from rayfleet.train.recipes import STATE_FILE
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
