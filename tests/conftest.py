@@ -27,7 +27,7 @@ def s3():
 def ray_local(s3):
     import ray
 
-    from rayfleet.train.launcher import EMBEDDED_RAY_CONFIG
+    from rayfleet.embedded import EMBEDDED_RAY_CONFIG
 
     ray.init(
         num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=EMBEDDED_RAY_CONFIG

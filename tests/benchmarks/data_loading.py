@@ -49,9 +49,9 @@ def main() -> int:
 
     import ray
 
+    from rayfleet.embedded import EMBEDDED_RAY_CONFIG
     from rayfleet.storage.s3server import loopback_s3
     from rayfleet.storage.uri import parse_uri
-    from rayfleet.train.launcher import EMBEDDED_RAY_CONFIG
 
     with loopback_s3(bucket="bench-data"):
         uri = parse_uri("s3://bench-data/datasets/bench")

@@ -295,7 +295,7 @@ def main() -> int:
         p_slow, slow_port = start_plain(slow, "slow")
         procs.append(p_slow)
 
-        from rayfleet.train.launcher import ensure_ray
+        from rayfleet.embedded import ensure_ray
 
         ensure_ray()
         serve_port = free_serve_port()

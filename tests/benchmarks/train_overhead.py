@@ -77,9 +77,9 @@ def _timed_result(cmd: list[str]) -> tuple[dict, float]:
 
 
 def run_rayfleet(args, storage: str) -> tuple[dict, float]:
+    from rayfleet import record
     from rayfleet.specs import load_spec
     from rayfleet.storage.filesystem import filesystem_for
-    from rayfleet.train import record
 
     overrides = [
         f"spec.storage={storage}",

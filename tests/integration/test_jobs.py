@@ -73,9 +73,9 @@ def cli(args, env, *, token=None, timeout=600, **popen):
 
 
 def record_of(kind_dir: str, name: str) -> dict | None:
+    from rayfleet import record
     from rayfleet.storage.filesystem import filesystem_for
     from rayfleet.storage.uri import parse_uri
-    from rayfleet.train import record
 
     uri = parse_uri(f"{STORAGE}/{kind_dir}/{name}")
     return record.read(filesystem_for(uri), uri)
@@ -114,7 +114,7 @@ def test_submit_follow_trains_digits_with_record_and_ray_sees_it(head, user_env)
     fs = filesystem_for(run)
     checkpoints = list_checkpoints(fs, run.fs_path)
     assert len(checkpoints) == 3 and all(verify(fs, path).ok for _, path in checkpoints)
-    assert doc["result"]["checkpoint_uri"].startswith(
+    assert doc["result"]["checkpointUri"].startswith(
         f"{STORAGE}/runs/cluster-digits/checkpoint_e000011-"
     )
 

@@ -15,11 +15,11 @@ import time
 
 import pytest
 
+from rayfleet import record
 from rayfleet.errors import StorageError
 from rayfleet.specs import load_spec
 from rayfleet.storage.checkpoints import list_checkpoints, verify
 from rayfleet.storage.filesystem import filesystem_for
-from rayfleet.train import record
 from rayfleet.train.launcher import run_train_job
 
 from ..conftest import BUCKET, REPO

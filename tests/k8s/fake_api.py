@@ -1,4 +1,4 @@
-"""An in-memory stand-in for the API server behind `rayfleet.k8s.client.Cluster`.
+"""An in-memory stand-in for the API server behind `rayfleet.k8s.client.KubeAPI`.
 
 No API server can run on these machines, so the operator's and the plugin's wiring (which
 object is read, created or patched, with what) is checked against this: objects live in a

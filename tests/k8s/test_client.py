@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rayfleet.k8s.client import Cluster, ConflictError, KubeAPIError
+from rayfleet.k8s.client import ConflictError, KubeAPI, KubeAPIError
 
 pytestmark = pytest.mark.k8s
 
@@ -55,7 +55,7 @@ def cluster(server):
     config = client.Configuration()
     config.host = f"http://127.0.0.1:{server.server_address[1]}"
     config.retries = 0
-    return Cluster(api_client=client.ApiClient(config))
+    return KubeAPI(api_client=client.ApiClient(config))
 
 
 def status(code: int, message: str) -> tuple[int, dict]:

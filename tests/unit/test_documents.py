@@ -8,15 +8,16 @@ re-apply A's change on top of B's.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
+from rayfleet import record
 from rayfleet.storage import documents
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.lease import Lease, RunLockedError
 from rayfleet.storage.uri import StorageURI, parse_uri
-from rayfleet.train import record
 
 
 def _interleaved_updates(run_uri: StorageURI) -> dict:
@@ -70,10 +71,10 @@ def test_local_writes_leave_no_partial_or_temp_files(tmp_path):
     uri = parse_uri(str(tmp_path / "runs" / "r2"))
     fs = filesystem_for(uri)
     for i in range(5):
-        record.update(fs, uri, lambda doc, i=i: doc.update(n=i))
+        record.update(fs, uri, lambda doc, i=i: doc.update(retries=i))
     names = sorted(p.name for p in (tmp_path / "runs" / "r2").iterdir())
     assert names == ["record.json", "record.json.lock"]
-    assert record.read(fs, uri)["n"] == 4
+    assert record.read(fs, uri)["retries"] == 4
 
 
 @pytest.mark.integration
@@ -87,3 +88,36 @@ def test_s3_lease_is_exclusive_and_released(s3):
             Lease(run, what="run r", ttl_s=30).acquire(wait_s=0)
     with Lease(run, what="run r", ttl_s=30):  # released: the next driver gets it at once
         pass
+
+
+@pytest.mark.unit
+def test_a_record_that_is_not_a_run_record_is_refused_in_one_line(tmp_path):
+    from rayfleet.errors import StorageError
+
+    uri = parse_uri(str(tmp_path / "runs" / "r3"))
+    (tmp_path / "runs" / "r3").mkdir(parents=True)
+    (tmp_path / "runs" / "r3" / "record.json").write_text('{"status": "OK", "epohcs": []}')
+    with pytest.raises(StorageError, match=r"not a valid run record \(epohcs: Extra inputs"):
+        record.read(filesystem_for(uri), uri)
+
+
+@pytest.mark.unit
+def test_record_keys_are_camel_case_and_old_snake_case_results_still_read(tmp_path):
+    from rayfleet.specs import load_spec
+    from rayfleet.train.launcher import RunResult
+    from tests.conftest import REPO
+
+    uri = parse_uri(str(tmp_path / "runs" / "r4"))
+    fs = filesystem_for(uri)
+    old = {"result": {"name": "r4", "run_uri": "/x", "checkpoint_uri": "/x/c", "elapsed_s": 1.5}}
+    (tmp_path / "runs" / "r4").mkdir(parents=True)
+    (tmp_path / "runs" / "r4" / "record.json").write_text(json.dumps(old))
+    assert record.read(fs, uri)["result"]["checkpointUri"] == "/x/c"
+
+    job = load_spec(REPO / "jobs" / "digits" / "train.yaml")
+    result = RunResult("r4", "/x", "/x/d", 3, {"loss": 0.1}, 1, 2.0)
+    doc = record.write(fs, uri, job, status="SUCCEEDED", result=result)
+    assert doc["result"]["checkpointUri"] == "/x/d" and doc["result"]["elapsedS"] == 2.0
+    assert (
+        "checkpoint_uri" not in json.loads((tmp_path / "runs/r4/record.json").read_text())["result"]
+    )

@@ -166,10 +166,10 @@ class _Spec(SimpleNamespace):
 def test_record_writers_keep_each_others_keys(tmp_path):
     """The driver's writes keep the submitter's keys and vice versa; a killed driver's
     record gets the cluster's verdict; a relaunch clears the previous launch's error."""
-    from rayfleet.jobs.records import note_submission
+    from rayfleet import record
+    from rayfleet.record import note_submission
     from rayfleet.storage.filesystem import filesystem_for
     from rayfleet.storage.uri import parse_uri
-    from rayfleet.train import record
 
     uri = parse_uri(str(tmp_path / "runs/r"))
     fs = filesystem_for(uri)

@@ -61,7 +61,7 @@ def _connect(address, context, token_file, insecure=False):
 
 
 def _job_doc(job) -> dict[str, Any]:
-    from rayfleet.jobs.records import submission_entry
+    from rayfleet.record import submission_entry
 
     meta = job.metadata or {}
     return {
@@ -272,7 +272,7 @@ def describe(
 ) -> None:
     """The run record from storage: spec, submissions, status, epochs, metrics, checkpoint,
     log tail. Works after the cluster is gone."""
-    from rayfleet.jobs.records import find
+    from rayfleet.record import find
 
     storage = storage or _storage_from_cluster(name, address, context, token_file, insecure)
     uri, doc = find(name, storage)
@@ -324,8 +324,8 @@ def _print_record(uri, doc: dict[str, Any]) -> None:
     result = doc.get("result") or {}
     for key, value in (result.get("metrics") or {}).items():
         console.print(f"  {key}: {value}", highlight=False)
-    if result.get("checkpoint_uri"):
-        console.print(f"  checkpoint: {result['checkpoint_uri']}", highlight=False)
+    if result.get("checkpointUri"):
+        console.print(f"  checkpoint: {result['checkpointUri']}", highlight=False)
     if tail := doc.get("logTail"):
         console.print("  log tail:", highlight=False)
         for line in tail[-10:]:

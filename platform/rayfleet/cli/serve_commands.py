@@ -179,8 +179,8 @@ def _check_port(host: str, port: int) -> None:
 def _serve_foreground(target, deployment, resolved, host, port, timeout, verbose) -> None:
     import ray
 
+    from rayfleet.embedded import ensure_ray
     from rayfleet.serve import runtime
-    from rayfleet.train.launcher import ensure_ray
 
     ensure_ray(verbose=verbose)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

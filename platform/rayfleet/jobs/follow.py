@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 import tenacity
 
+from rayfleet import record
 from rayfleet.errors import ClusterUnreachableError, RayfleetError
 from rayfleet.jobs.cluster import Cluster
 from rayfleet.retry import RECONNECT
-from rayfleet.train import record
 
 TERMINAL = record.TERMINAL
 

@@ -40,11 +40,11 @@ def refresh_record(cluster, job, *, with_logs: bool = False) -> str | None:
 
     Returns None, or a one-line warning when the record could not be updated: callers show
     the job's status anyway (the status matters more than the record)."""
-    from rayfleet.jobs.records import refresh
+    from rayfleet import record
+    from rayfleet.record import refresh
     from rayfleet.specs import parse_spec
     from rayfleet.storage.filesystem import filesystem_for
     from rayfleet.storage.uri import parse_uri
-    from rayfleet.train import record
 
     meta = job.metadata or {}
     if not meta.get("rayfleet.record"):

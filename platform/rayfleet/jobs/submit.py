@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rayfleet import record
 from rayfleet.errors import BadInputError, ClusterError, SpecError, WorkFailedError
-from rayfleet.jobs import bundle, records
+from rayfleet.jobs import bundle
 from rayfleet.jobs.cluster import RAYFLEET_RUN, Cluster, connect
 from rayfleet.jobs.follow import TERMINAL, follow, status_of
 from rayfleet.jobs.target import Target
@@ -110,7 +111,7 @@ def plan(
         spec=spec,
         overrides=tuple(overrides),
         storage=storage,
-        record_uri=records.home(spec, storage),
+        record_uri=record.home(spec, storage),
         force=force,
         env_vars=env_vars,
     )
@@ -248,7 +249,7 @@ def wait(cluster: Cluster, sid: str, on_status: Callable[[str], None]):
 
 def note(cluster: Cluster, plan_: Plan, sid: str, *, with_logs: bool) -> dict:
     """Bring the record up to date with what the cluster says about `sid`."""
-    return records.refresh(
+    return record.refresh(
         cluster, cluster.info(sid), plan_.record_uri, plan_.spec, with_logs=with_logs
     )
 

@@ -55,7 +55,7 @@ class Kind:
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
-KINDS = {
+API_RESOURCES = {
     "RayService": Kind("ray.io", "v1", "rayservices"),
     crd.KIND: Kind(crd.GROUP, crd.VERSION, crd.PLURAL),
     "NetworkPolicy": Kind("networking.k8s.io", "v1", "networkpolicies"),
@@ -71,7 +71,7 @@ def _message(exc: Any) -> str:
         return str(getattr(exc, "reason", exc))
 
 
-class Cluster:
+class KubeAPI:
     """Namespaced reads and writes against the configured API server."""
 
     def __init__(self, context: str | None = None, api_client: Any = None):
@@ -152,7 +152,7 @@ class Cluster:
         what = f"{kind} {namespace}/{name}"
         try:
             if kind in _CUSTOM:
-                k = KINDS[kind]
+                k = API_RESOURCES[kind]
                 obj = self._call(
                     what,
                     self._custom().get_namespaced_custom_object,
@@ -163,7 +163,7 @@ class Cluster:
                 obj = self._call(what, getattr(api, f"read_namespaced_{suffix}"), name, namespace)
         except NotFoundError:
             return None
-        obj.setdefault("apiVersion", KINDS[kind].api_version)
+        obj.setdefault("apiVersion", API_RESOURCES[kind].api_version)
         obj.setdefault("kind", kind)
         return obj
 
@@ -171,7 +171,7 @@ class Cluster:
         self, kind: str, namespace: str | None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Objects of a custom kind in `namespace` (None: every namespace)."""
-        k = KINDS[kind]
+        k = API_RESOURCES[kind]
         api = self._custom()
         kwargs = {"label_selector": label_selector} if label_selector else {}
         where = f"{kind} in {namespace or 'all namespaces'}"
@@ -191,7 +191,7 @@ class Cluster:
     def create(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         what = f"creating {kind} {namespace}/{body['metadata']['name']}"
         if kind in _CUSTOM:
-            k = KINDS[kind]
+            k = API_RESOURCES[kind]
             return self._call(
                 what,
                 self._custom().create_namespaced_custom_object,
@@ -213,7 +213,7 @@ class Cluster:
         with ConflictError when the object changed since it was read."""
         what = f"patching {kind} {namespace}/{name}{'/status' if status else ''}"
         if kind in _CUSTOM:
-            k = KINDS[kind]
+            k = API_RESOURCES[kind]
             api = self._custom()
             fn = (
                 api.patch_namespaced_custom_object_status

@@ -42,7 +42,7 @@ import kopf
 
 from rayfleet.errors import BadInputError
 from rayfleet.k8s import crd, reconcile
-from rayfleet.k8s.client import Cluster, ConflictError, NotFoundError
+from rayfleet.k8s.client import ConflictError, KubeAPI, NotFoundError
 from rayfleet.k8s.options import OPERATOR_FLAGS, RenderOptions, from_flags
 
 ANNOTATION_PREFIX = "operator.rayfleet.io"
@@ -58,12 +58,12 @@ class _State:
     """What the entrypoint configures before kopf starts: render options and the client."""
 
     options = RenderOptions()
-    cluster: Cluster | None = None
+    cluster: KubeAPI | None = None
 
     @classmethod
-    def client(cls) -> Cluster:
+    def client(cls) -> KubeAPI:
         if cls.cluster is None:
-            cls.cluster = Cluster()
+            cls.cluster = KubeAPI()
         return cls.cluster
 
 

@@ -28,9 +28,9 @@ from rich.table import Table
 from rayfleet.console import console, err_console, handle_errors, set_debug
 from rayfleet.errors import BadInputError
 from rayfleet.k8s import crd
-from rayfleet.k8s.client import Cluster, NotFoundError
+from rayfleet.k8s.client import KubeAPI, NotFoundError
 from rayfleet.k8s.reconcile import owner_of
-from rayfleet.k8s.serveconfig import ServeConfigError, Target, set_replicas, targets
+from rayfleet.k8s.serveconfig import ScaleTarget, ServeConfigError, set_replicas, targets
 
 app = typer.Typer(
     name="kubectl-rayfleet",
@@ -54,7 +54,7 @@ def scale_patch(
     *,
     app_name: str | None = None,
     deployment: str | None = None,
-) -> tuple[dict[str, Any] | None, Target]:
+) -> tuple[dict[str, Any] | None, ScaleTarget]:
     """The merge patch that sets one Serve deployment's `num_replicas` in a RayService (None
     when it already has that count) and the target as it was."""
     meta = ray_service["metadata"]
@@ -163,8 +163,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     set_debug(debug)
 
 
-def _cluster(kube_context: str | None) -> Cluster:
-    return Cluster(context=kube_context)
+def _cluster(kube_context: str | None) -> KubeAPI:
+    return KubeAPI(context=kube_context)
 
 
 def _kube_context(kube_context: str | None, deprecated: str | None) -> str | None:

@@ -24,7 +24,7 @@ class ServeConfigError(BadInputError):
 
 
 @dataclass(frozen=True)
-class Target:
+class ScaleTarget:
     """One Serve deployment's scaling: a fixed count, or an autoscaling range."""
 
     app: str
@@ -53,7 +53,7 @@ def load(text: str | None, where: str = "serveConfigV2") -> dict[str, Any]:
     return doc
 
 
-def targets(text: str | None, where: str = "serveConfigV2") -> list[Target]:
+def targets(text: str | None, where: str = "serveConfigV2") -> list[ScaleTarget]:
     """Every (application, deployment override) in the config and its scaling."""
     out = []
     for app in load(text, where)["applications"]:
@@ -62,7 +62,7 @@ def targets(text: str | None, where: str = "serveConfigV2") -> list[Target]:
         for dep in app.get("deployments") or []:
             if isinstance(dep, dict):
                 out.append(
-                    Target(
+                    ScaleTarget(
                         app=str(app.get("name", "default")),
                         deployment=str(dep.get("name")),
                         replicas=dep.get("num_replicas")
@@ -161,14 +161,14 @@ def set_replicas(
     app: str | None = None,
     deployment: str | None = None,
     where: str = "serveConfigV2",
-) -> tuple[str, Target]:
+) -> tuple[str, ScaleTarget]:
     """(new serveConfigV2 text, the target as it was). Changes only that `num_replicas`."""
     if replicas < 1:  # Serve's DeploymentSchema: num_replicas is a PositiveInt
         raise ServeConfigError(f"--replicas {replicas}: Serve needs at least 1")
     doc = load(text, where)
     a, d = locate(doc, app, deployment, where)
     dep = doc["applications"][a]["deployments"][d]
-    before = Target(
+    before = ScaleTarget(
         app=str(doc["applications"][a].get("name", "default")),
         deployment=str(dep.get("name")),
         replicas=dep.get("num_replicas") if isinstance(dep.get("num_replicas"), int) else None,

@@ -323,7 +323,7 @@ def attach(*, verbose: bool = False) -> tuple[bool, bool]:
     """
     import ray
 
-    from rayfleet.train.launcher import ensure_ray
+    from rayfleet.embedded import ensure_ray
 
     if ray.is_initialized():
         return True, False

@@ -94,6 +94,8 @@ def read(uri: StorageURI) -> Versioned:
         if _s3_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
             return Versioned(None, None)
         raise StorageError(f"{uri}: S3 answered {_s3_error_code(exc) or exc}") from None
+    except bce.BotoCoreError as exc:  # unreachable store: an I/O error, as pyarrow raises
+        raise ConnectionError(f"{uri}: {exc}") from None
     return Versioned(got["Body"].read(), got["ETag"])
 
 
@@ -129,6 +131,8 @@ def write(uri: StorageURI, data: bytes, *, expect: str | None) -> str:
         if _s3_error_code(exc) in ("NoSuchKey", "404") and expect:
             raise Conflict(str(uri)) from None
         raise StorageError(f"{uri}: S3 answered {_s3_error_code(exc) or exc}") from None
+    except bce.BotoCoreError as exc:
+        raise ConnectionError(f"{uri}: {exc}") from None
     return put["ETag"]
 
 

@@ -14,7 +14,6 @@ The order matters and is the point of this module:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,9 +22,10 @@ from typing import Any
 
 import tenacity
 
+from rayfleet import record
 from rayfleet.data.layout import read_info
+from rayfleet.embedded import ensure_ray
 from rayfleet.errors import SpecError, StorageError, WorkFailedError
-from rayfleet.local import free_port
 from rayfleet.retry import RECONNECT, retrying
 from rayfleet.specs import TrainJob
 from rayfleet.storage.checkpoints import SPEC_HASH_KEY, newest_verified, prune
@@ -33,7 +33,6 @@ from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.lease import Lease
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI
-from rayfleet.train import record
 from rayfleet.train.recipes import RECIPES
 
 Event = dict[str, Any]
@@ -41,17 +40,7 @@ EventHandler = Callable[[Event], None]
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.5
-# An embedded Ray runs training actors only: pre-started task workers would sit idle and the
-# metrics agent has no Prometheus to feed. Off, idle Ray takes 3.1% of a core here, not 4.7%
-# (measured over 30 s), and on a small machine every daemon cycle comes out of training.
-EMBEDDED_RAY_CONFIG = {
-    "worker_niceness": 0,
-    "prestart_worker_first_driver": False,
-    "enable_worker_prestart": False,
-    "enable_metrics_collection": False,
-}
 _STORAGE_WAIT_S = 120.0
-_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
 @dataclass
@@ -64,43 +53,6 @@ class RunResult:
     attempts: int
     elapsed_s: float
     skipped: list[str] = field(default_factory=list)
-
-
-def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
-    """Start an embedded local Ray sized to this machine unless one is connected.
-
-    `dashboard` starts Ray's dashboard, which also serves the State API. Sweeps need it: when
-    Tune stops a trial early, Ray Train's placement-group cleaner asks the State API whether
-    the trial's controller died, and without it the stopped trial's CPUs are never released.
-    The cleaner finds the API by auto-detection, which fails when another Ray runs on the
-    same machine (CI, a second terminal), so its address is pinned for every Ray process
-    through RAY_API_SERVER_ADDRESS, set before Ray starts so the workers inherit it.
-    Returns True when this call started Ray (the caller then shuts it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    common = {
-        "log_to_driver": verbose,
-        "logging_level": logging.INFO if verbose else logging.WARNING,
-    }
-    if address := os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **common)
-        return True
-    # One local node can't be drained or preempted on its own: skip Ray Train's watcher actor.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    if dashboard:
-        port = free_port()
-        os.environ[_API_SERVER_ENV] = f"http://127.0.0.1:{port}"
-        common.update(dashboard_host="127.0.0.1", dashboard_port=port)
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=dashboard,
-        _system_config=EMBEDDED_RAY_CONFIG,
-        **common,
-    )
-    return True
 
 
 def _progress_channel():
@@ -300,9 +252,9 @@ def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler) -> EventHan
         if event.get("type") == "epoch":
             try:
                 record.add_epoch(fs, run_uri, epoch=event["epoch"], metrics=event["metrics"])
-            except (
-                OSError
-            ) as exc:  # storage blips must not stop training; the next epoch catches up
+            except (OSError, StorageError) as exc:
+                # A storage blip must not stop training (or the progress line); the record
+                # misses this epoch, and a resume fills such holes from its checkpoint.
                 log.warning("could not update the run record: %s", exc)
         notify(event)
 

@@ -231,8 +231,8 @@ def _fit(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, ver
     """Run the launch as a new Tune experiment under <sweep>/tune/."""
     from ray import tune
 
+    from rayfleet.embedded import ensure_ray
     from rayfleet.storage.filesystem import filesystem_for
-    from rayfleet.train.launcher import ensure_ray
 
     owns_ray = ensure_ray(verbose=verbose, dashboard=True)
     try:
