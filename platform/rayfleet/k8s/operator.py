@@ -163,13 +163,9 @@ def model_deployment_changed(body: kopf.Body, **_: Any) -> None:
 def ray_service_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """KubeRay updated (or someone deleted) a RayService we own: refresh the owner."""
     service = _plain(body)
-    owner = reconcile.owner_of(service)
-    namespace = service["metadata"].get("namespace")
-    if owner is None or namespace is None:
+    md = _live_owner(service)
+    if md is None:
         return
-    md = _State.client().get(crd.KIND, namespace, owner)
-    if md is None or md["metadata"].get("deletionTimestamp"):
-        return  # the garbage collector is taking the rest
     if event.get("type") == "DELETED":
         reconcile_one(md)
         return
@@ -189,19 +185,28 @@ def _has_owner(body: kopf.Body, **_: Any) -> bool:
 def owned_child_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """A NetworkPolicy or head PDB we own was deleted or edited: reconcile its owner, which
     recreates it or patches it back (and writes nothing when it still matches)."""
-    child = _plain(body)
-    owner = reconcile.owner_of(child)
-    namespace = child["metadata"].get("namespace")
-    if owner is None or namespace is None:
+    md = _live_owner(_plain(body))
+    if md is None:
         return
-    md = _State.client().get(crd.KIND, namespace, owner)
-    if md is None or md["metadata"].get("deletionTimestamp"):
-        return  # the garbage collector is taking the rest
     try:
         reconcile_one(md)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
         # Reported on the ModelDeployment already; its own handler retries.
-        log.warning("%s/%s: %s", namespace, owner, exc)
+        meta = md["metadata"]
+        log.warning("%s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+
+
+def _live_owner(child: dict[str, Any]) -> dict[str, Any] | None:
+    """The ModelDeployment that owns `child`, unless it is gone or being deleted (then the
+    garbage collector is taking the rest)."""
+    owner = reconcile.owner_of(child)
+    namespace = child["metadata"].get("namespace")
+    if owner is None or namespace is None:
+        return None
+    md = _State.client().get(crd.KIND, namespace, owner)
+    if md is None or md["metadata"].get("deletionTimestamp"):
+        return None
+    return md
 
 
 def _plain(body: Any) -> dict[str, Any]:
