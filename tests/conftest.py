@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "rayfleet-test"
+# Tests kill drivers on purpose; the next driver of the run waits for the dead one's lease to
+# expire (30 s by default). Every process the tests start inherits this shorter lease.
+os.environ.setdefault("RAYFLEET_LEASE_TTL_S", "8")
 
 
 @pytest.fixture(scope="session")

@@ -67,12 +67,23 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def test_serve_status_json_when_nothing_is_served(env):
-    result = _invoke("serve", "status", "-o", "json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"serving": False, "url": None, "applications": []}
-    text = _invoke("serve", "status")
-    assert text.exit_code == 0 and "nothing is served here" in text.output
+def test_serve_status_json_when_nothing_is_served(env, tmp_path):
+    """As a user runs it: a fresh process with no Ray here (a session-wide Ray may be
+    connected in this test process, and `serve status` would report on that one)."""
+    import os
+    import subprocess
+
+    cleaned = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "rayfleet.cli.main", "serve", "status", *args]
+        return subprocess.run(cmd, env=cleaned, capture_output=True, text=True, timeout=120)
+
+    result = run("-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"serving": False, "url": None, "applications": []}
+    text = run()
+    assert text.returncode == 0 and "nothing is served here" in text.stdout, text.stdout
 
 
 def test_spec_or_subcommand_is_one_rule_for_serve_and_sweep(env, tmp_path):
