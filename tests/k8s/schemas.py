@@ -26,6 +26,15 @@ CRD_FILES = {
     "RayJob": "ray.io_rayjobs.yaml",
     "RayService": "ray.io_rayservices.yaml",
 }
+KUEUE_VERSION = "v0.19.2"
+KUEUE_CRD_DIR = REPO.parent / "shared" / "kueue-crds" / KUEUE_VERSION
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_CRD_FILES = {
+    "ClusterQueue": f"{KUEUE_GROUP}_clusterqueues.yaml",
+    "LocalQueue": f"{KUEUE_GROUP}_localqueues.yaml",
+    "ResourceFlavor": f"{KUEUE_GROUP}_resourceflavors.yaml",
+    "WorkloadPriorityClass": f"{KUEUE_GROUP}_workloadpriorityclasses.yaml",
+}
 KUBERNETES_VERSION = "1.30.0"
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
 # Set by .ci/run: the shared CRD folder must be there (CI has it); elsewhere checks skip.
@@ -56,16 +65,29 @@ def crd_dir() -> Path:
     """The KubeRay CRDs. Without them (a fresh clone with no ../shared beside it) the schema
     checks skip with the reason; CI sets RAYFLEET_REQUIRE_SHARED=1 (.ci/run), so there a
     missing folder fails the run instead of skipping silently."""
-    missing = [f for f in CRD_FILES.values() if not (CRD_DIR / f).is_file()]
+    return _shared_dir(
+        CRD_DIR, CRD_FILES, f"KubeRay {KUBERAY_VERSION}", "ray-operator/config/crd/bases"
+    )
+
+
+def kueue_crd_dir() -> Path:
+    """The Kueue CRDs, under the same skip / RAYFLEET_REQUIRE_SHARED rule as KubeRay's."""
+    return _shared_dir(
+        KUEUE_CRD_DIR, KUEUE_CRD_FILES, f"Kueue {KUEUE_VERSION}", "config/components/crd/bases"
+    )
+
+
+def _shared_dir(folder: Path, files: dict[str, str], what: str, source: str) -> Path:
+    missing = [f for f in files.values() if not (folder / f).is_file()]
     if missing:
         message = (
-            f"KubeRay {KUBERAY_VERSION} CRD schemas missing in {CRD_DIR}: {', '.join(missing)}; "
-            "put the operator's CRDs there (ray-operator/config/crd/bases)"
+            f"{what} CRD schemas missing in {folder}: {', '.join(missing)}; "
+            f"put the project's CRDs there ({source})"
         )
         if os.environ.get(REQUIRE_SHARED_ENV) == "1":
             raise AssertionError(message)
         pytest.skip(message)
-    return CRD_DIR
+    return folder
 
 
 @cache
@@ -77,6 +99,30 @@ def crd_validator(kind: str) -> jsonschema.protocols.Validator:
     schema = strict(version["schema"]["openAPIV3Schema"])
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     return cls(schema)
+
+
+@cache
+def kueue_validator(kind: str, version: str) -> jsonschema.protocols.Validator:
+    """A Kueue kind's strict schema at `version` (v1beta2 is the storage version)."""
+    path = kueue_crd_dir() / KUEUE_CRD_FILES[kind]
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    (found,) = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+    schema = strict(found["schema"]["openAPIV3Schema"])
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+def validate_kueue(obj: dict[str, Any]) -> None:
+    group, _, version = obj.get("apiVersion", "").partition("/")
+    assert group == KUEUE_GROUP and obj["kind"] in KUEUE_CRD_FILES, f"not a Kueue kind: {obj}"
+    validator = kueue_validator(obj["kind"], version)
+    errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message[:300]}" for e in errors]
+        raise AssertionError(
+            f"{obj['kind']} {obj['metadata']['name']} fails the strict Kueue {KUEUE_VERSION} "
+            "CRD schema:\n  " + "\n  ".join(lines[:20])
+        )
 
 
 def validate_ray(obj: dict[str, Any]) -> None:
@@ -126,10 +172,12 @@ def validate_model_deployment(obj: dict[str, Any]) -> None:
 
 
 def validate(obj: dict[str, Any]) -> None:
-    """Ray kinds against the strict KubeRay CRD schema, ModelDeployments against rayfleet's
-    CRD, everything else with kubernetes-validate."""
+    """Ray kinds against the strict KubeRay CRD schema, Kueue kinds against Kueue's,
+    ModelDeployments against rayfleet's CRD, everything else with kubernetes-validate."""
     if obj["kind"] in CRD_FILES:
         validate_ray(obj)
+    elif obj.get("apiVersion", "").startswith(f"{KUEUE_GROUP}/"):
+        validate_kueue(obj)
     elif obj["kind"] == "ModelDeployment":
         validate_model_deployment(obj)
     else:

@@ -304,7 +304,7 @@ def test_operator_flags_are_render_flags():
     }  # fmt: skip
     assert {f.option for f in FLAGS} - {f.option for f in OPERATOR_FLAGS} == {
         "--namespace", "--ttl-seconds-after-finished", "--active-deadline-seconds",
-        "--backoff-limit",
+        "--backoff-limit", "--keep-failed-cluster-seconds",
     }  # fmt: skip
     argv = [
         "-n", "ml", "--image=r/i:1", "--egress-port=443", "--egress-port=9000",

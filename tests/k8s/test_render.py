@@ -73,8 +73,8 @@ def test_rayjob_runs_the_same_file_in_k8s_job_mode():
     spec = job["spec"]
     assert spec["entrypoint"] == "rayfleet run /etc/rayfleet/job/train.yaml"
     assert spec["submissionMode"] == "K8sJobMode"
-    assert spec["shutdownAfterJobFinishes"] is True
-    assert spec["ttlSecondsAfterFinished"] == 3600
+    assert spec["shutdownAfterJobFinishes"] is False  # deletion rules (tests/k8s/test_lifecycle.py)
+    assert spec["deletionStrategy"]["deletionRules"]
     assert spec["backoffLimit"] == 1
     assert spec["activeDeadlineSeconds"] == 86400
     assert config_map["data"] == {"train.yaml": (REPO / DIGITS).read_text()}

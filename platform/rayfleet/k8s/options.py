@@ -91,16 +91,35 @@ class RenderOptions:
         "Namespace of the KubeRay operator, which the NetworkPolicy lets reach the dashboard.",
     )
     ttl_seconds_after_finished: int = _option(
-        3600, "Seconds a finished RayJob is kept.", minimum=0, scope=RAYJOB, metavar="SECONDS"
-    )
-    active_deadline_seconds: int = _option(
-        86400,
-        "Seconds a RayJob may run before it is stopped.",
+        3600,
+        "Seconds a finished RayJob object (status, events) is kept; a succeeded job's cluster "
+        "goes at once.",
         minimum=0,
         scope=RAYJOB,
         metavar="SECONDS",
     )
-    backoff_limit: int = _option(1, "RayJob retries.", minimum=0, scope=RAYJOB)
+    keep_failed_cluster_seconds: int = _option(
+        1800,
+        "Seconds a failed RayJob's cluster is kept for debugging (spec.lifecycle."
+        "keepFailedClusterSeconds wins); not in a Kueue queue.",
+        minimum=0,
+        scope=RAYJOB,
+        metavar="SECONDS",
+    )
+    active_deadline_seconds: int = _option(
+        86400,
+        "Seconds a RayJob may run before it is stopped (spec.lifecycle.activeDeadlineSeconds "
+        "wins).",
+        minimum=1,
+        scope=RAYJOB,
+        metavar="SECONDS",
+    )
+    backoff_limit: int = _option(
+        1,
+        "RayJob retries, each on a new cluster, resuming (spec.lifecycle.backoffLimit wins).",
+        minimum=0,
+        scope=RAYJOB,
+    )
     head_cpu: str = _option("1", "CPU of the Ray head (requests = limits).")
     head_memory: str = _option("4Gi", "Memory of the Ray head.")
     worker_memory: str = _option("4Gi", "Memory of each Ray worker.")

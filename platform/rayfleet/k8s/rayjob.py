@@ -5,7 +5,8 @@ Four objects per job, applied together:
 - a ConfigMap with the spec file as written (plus any user module next to it), mounted on
   every Ray pod at SPEC_MOUNT, so the cluster runs the same file `rayfleet run` runs locally;
 - the RayJob (K8sJobMode: a submitter Job runs `ray job submit`, the driver runs on the head;
-  the cluster goes away after the job, the RayJob after `ttlSecondsAfterFinished`);
+  clean-up by KubeRay 1.7's deletion rules, see `lifecycle`; in a Kueue queue it is created
+  suspended with the queue's labels, see `scheduling`);
 - the NetworkPolicy for its pods, with the submitter admitted as a client;
 - a PodDisruptionBudget for its head (as the chart has).
 
@@ -21,8 +22,66 @@ from rayfleet.k8s.cluster import Layout, head_pdb, image_for, ray_cluster_spec
 from rayfleet.k8s.network import network_policy
 from rayfleet.k8s.options import RenderOptions
 from rayfleet.specs.base import DriverSpec
+from rayfleet.specs.scheduling import LifecycleSpec, SchedulingSpec
 
 SUBMITTER_CONTAINER = "ray-job-submitter"  # KubeRay's name for it
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+
+
+def kueue_labels(scheduling: SchedulingSpec | None) -> dict[str, str]:
+    """The labels Kueue reads on a RayJob or RayService (none when the spec names no queue)."""
+    if scheduling is None or not scheduling.queue:
+        return {}
+    out = {QUEUE_LABEL: scheduling.queue}
+    if scheduling.priority_class:
+        out[PRIORITY_LABEL] = scheduling.priority_class
+    return out
+
+
+def _rule(policy: str, ttl: int, **condition: str) -> dict[str, Any]:
+    return {"policy": policy, "condition": {**condition, "ttlSeconds": ttl}}
+
+
+def lifecycle(
+    options: RenderOptions, spec: LifecycleSpec | None, *, queued: bool
+) -> dict[str, Any]:
+    """Deadline, retries and clean-up of a RayJob; the spec's values win over the flags.
+
+    Not queued: KubeRay 1.7's deletion rules. A succeeded job's cluster goes at once; a failed
+    one's stays `keepFailedClusterSeconds` for debugging (`kubectl exec`, the dashboard); the
+    RayJob object stays `ttlSecondsAfterFinished` (never before its cluster: KubeRay requires
+    DeleteCluster's TTL <= DeleteSelf's). Rules need `shutdownAfterJobFinishes: false` and no
+    global TTL (KubeRay refuses the mix). `jobDeploymentStatus: Failed` covers what ends
+    without a Ray job status (deadline exceeded, a failed submitter). Rules apply only after
+    the last retry: a retried attempt goes through `Retrying`, not a terminal state.
+
+    Queued: Kueue requires `shutdownAfterJobFinishes: true` (a finished job must give its
+    quota's pods back) and KubeRay refuses a suspended RayJob without it, so deletion rules
+    are impossible there. The cluster goes at once (TTL 0), failed or not: Kueue releases the
+    quota when the job finishes, so a kept cluster would hold nodes outside any quota.
+    """
+    spec = spec or LifecycleSpec()
+    backoff = spec.backoff_limit if spec.backoff_limit is not None else options.backoff_limit
+    deadline = spec.active_deadline_seconds or options.active_deadline_seconds
+    out: dict[str, Any] = {"activeDeadlineSeconds": deadline, "backoffLimit": backoff}
+    if queued:
+        return out | {
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 0,
+        }
+    keep = spec.keep_failed_cluster_seconds
+    keep = options.keep_failed_cluster_seconds if keep is None else keep
+    self_ttl = max(options.ttl_seconds_after_finished, keep)
+    rules = [
+        _rule("DeleteCluster", 0, jobStatus="SUCCEEDED"),
+        _rule("DeleteSelf", options.ttl_seconds_after_finished, jobStatus="SUCCEEDED"),
+        _rule("DeleteCluster", keep, jobStatus="FAILED"),
+        _rule("DeleteSelf", self_ttl, jobStatus="FAILED"),
+        _rule("DeleteCluster", keep, jobDeploymentStatus="Failed"),
+        _rule("DeleteSelf", self_ttl, jobDeploymentStatus="Failed"),
+    ]
+    return out | {"shutdownAfterJobFinishes": False, "deletionStrategy": {"deletionRules": rules}}
 
 
 def submitter_template(layout: Layout, options: RenderOptions) -> dict[str, Any]:
@@ -66,10 +125,14 @@ def ray_job(
     files: dict[str, str],
     options: RenderOptions,
     driver: DriverSpec | None = None,
+    scheduling: SchedulingSpec | None = None,
+    lifecycle_spec: LifecycleSpec | None = None,
 ) -> list[dict[str, Any]]:
     """ConfigMap (`layout.spec_config_map`, holding `files`), RayJob, NetworkPolicy, PDB.
-    `driver` (the spec's) becomes the entrypoint's reserved CPUs/GPUs when it asks for any."""
+    `driver` (the spec's) becomes the entrypoint's reserved CPUs/GPUs when it asks for any;
+    `scheduling` with a queue creates the RayJob suspended, for Kueue to admit as one gang."""
     name, kind = layout.name, layout.kind
+    queue = kueue_labels(scheduling)
     objects: list[dict[str, Any]] = []
     if layout.spec_config_map:
         objects.append(
@@ -87,14 +150,12 @@ def ray_job(
         {
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
-            "metadata": {"name": name, "labels": pods.labels(name, "ray-job", kind)},
+            "metadata": {"name": name, "labels": pods.labels(name, "ray-job", kind) | queue},
             "spec": {
                 "entrypoint": entrypoint,
                 "submissionMode": "K8sJobMode",
-                "shutdownAfterJobFinishes": True,
-                "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
-                "activeDeadlineSeconds": options.active_deadline_seconds,
-                "backoffLimit": options.backoff_limit,
+                **({"suspend": True} if queue else {}),
+                **lifecycle(options, lifecycle_spec, queued=bool(queue)),
                 "rayClusterSpec": ray_cluster_spec(layout, options),
                 "submitterPodTemplate": submitter_template(layout, options),
                 **_driver_resources(driver),
