@@ -36,7 +36,9 @@ def write_dataset(uri, rows: int, files: int) -> None:
         table = pa.table({"features": col, "label": pa.array(idx % 10, pa.int64())})
         with fs.open_output_stream(uri.join("train", f"part-{i:05d}.parquet").fs_path) as f:
             pq.write_table(table, f)
-    info = DatasetInfo("bench", [FEATURES], "float32", 10, {"train": rows})
+    info = DatasetInfo(  # rows.val is required; this benchmark reads train only
+        name="bench", feature_shape=[FEATURES], num_classes=10, rows={"train": rows, "val": rows}
+    )
     write_bytes(fs, uri.join(DESCRIPTOR).fs_path, info.to_json().encode())
 
 

@@ -22,11 +22,18 @@ from rayfleet.storage.uri import StorageURI
 
 @dataclass
 class Shard:
-    features: np.ndarray  # (rows, *feature_shape), float32
+    features: np.ndarray  # (rows, *feature_shape), float32 (int64 for text token ids)
     labels: np.ndarray  # (rows,), int64
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def _stored_dtype(fs: pafs.FileSystem, path: str) -> str:
+    """The dtype a file stores: int64 for integer values (token ids), else float32."""
+    with fs.open_input_file(path) as f:
+        value_type = pq.ParquetFile(f).schema_arrow.field("features").type.value_type
+    return "int64" if pa.types.is_integer(value_type) else "float32"
 
 
 def shard_range(total: int, rank: int, world: int, *, equal: bool) -> tuple[int, int]:
@@ -47,8 +54,13 @@ def read_shard(
     feature_shape: list[int],
     *,
     equal: bool = True,
+    feature_dtype: str | None = None,
 ) -> Shard:
-    """This rank's rows of `split`. `equal=False` keeps every row (for evaluation)."""
+    """This rank's rows of `split`. `equal=False` keeps every row (for evaluation).
+
+    Features come back as float32, or int64 when the dataset stores int64 (text token ids):
+    `feature_dtype` (from dataset.json) decides; without it, the Parquet column's type does.
+    """
     files = split_files(fs, dataset, split)
     counts = []
     for path in files:
@@ -62,10 +74,11 @@ def read_shard(
             with fs.open_input_file(path) as f:
                 tables.append(pq.read_table(f).slice(lo - offset, hi - lo))
         offset += n
+    dtype = np.dtype(feature_dtype or _stored_dtype(fs, files[0]))
     if not tables:
-        return Shard(np.zeros((0, *feature_shape), np.float32), np.zeros(0, np.int64))
+        return Shard(np.zeros((0, *feature_shape), dtype), np.zeros(0, np.int64))
     table = pa.concat_tables(tables)
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    features = flat.astype(np.float32, copy=False).reshape(len(table), *feature_shape)
+    features = flat.astype(dtype, copy=False).reshape(len(table), *feature_shape)
     labels = table.column("label").to_numpy().astype(np.int64, copy=False)
     return Shard(features, labels)
