@@ -6,9 +6,15 @@ The registry is plain data (no torch import), so validating a spec stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from rayfleet.errors import SpecError
 
 # The weights file in a recipe's checkpoint folder (what serving loads, weights only).
 STATE_FILE = "state.pt"
+
+# Dimensions of `feature_shape` per dataset kind: image [C, H, W], table [F], text [max_length].
+KIND_RANKS = {"image": 3, "table": 1, "text": 1}
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,13 @@ class Recipe:
     # metrics it reports every epoch. Checked before any trial starts.
     config_keys: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
+    # The dataset kinds (dataset.json `kind`) the recipe trains on; empty: no dataset read.
+    dataset_kinds: tuple[str, ...] = ()
+    # A fixed feature shape the model is built for (digits-cnn); empty: any shape of the kind.
+    feature_shape: tuple[int, ...] = ()
 
+
+_CLASSIFIER_METRICS = ("train_loss", "val_loss", "val_accuracy")
 
 RECIPES: dict[str, Recipe] = {
     "digits-cnn": Recipe(
@@ -31,7 +43,36 @@ RECIPES: dict[str, Recipe] = {
         model_builder="rayfleet.train.recipes.digits:build_model",
         summary="small CNN on 8x8 handwritten digits (the quickstart)",
         config_keys=("channels", "hidden", "dropout"),
-        metrics=("train_loss", "val_loss", "val_accuracy"),
+        metrics=_CLASSIFIER_METRICS,
+        dataset_kinds=("image",),
+        feature_shape=(1, 8, 8),
+    ),
+    "image-cnn": Recipe(
+        "rayfleet.train.recipes.image_cnn:train_loop",
+        needs_dataset=True,
+        model_builder="rayfleet.train.recipes.image_cnn:build_model",
+        summary="small ResNet (BatchNorm, global pooling) on any C x H x W image dataset",
+        config_keys=("width", "stages", "dropout", "flip", "pad"),
+        metrics=_CLASSIFIER_METRICS,
+        dataset_kinds=("image",),
+    ),
+    "text-lstm": Recipe(
+        "rayfleet.train.recipes.text_lstm:train_loop",
+        needs_dataset=True,
+        model_builder="rayfleet.train.recipes.text_lstm:build_model",
+        summary="embedding + LSTM classifier over an imported text dataset's vocabulary",
+        config_keys=("embed", "hidden", "layers", "bidirectional", "dropout"),
+        metrics=_CLASSIFIER_METRICS,
+        dataset_kinds=("text",),
+    ),
+    "tabular-mlp": Recipe(
+        "rayfleet.train.recipes.tabular_mlp:train_loop",
+        needs_dataset=True,
+        model_builder="rayfleet.train.recipes.tabular_mlp:build_model",
+        summary="MLP on the normalized feature columns of an imported table",
+        config_keys=("hidden", "layers", "dropout"),
+        metrics=_CLASSIFIER_METRICS,
+        dataset_kinds=("table",),
     ),
     "synthetic-mlp": Recipe(
         "rayfleet.train.recipes.synthetic:train_loop",
@@ -42,3 +83,39 @@ RECIPES: dict[str, Recipe] = {
         metrics=("loss", "steps_per_sec", "samples_per_sec", "model_flops_per_step"),
     ),
 }
+
+
+def check_dataset(recipe_name: str, info: Any) -> None:
+    """SpecError (one line) unless recipe `recipe_name` can train on dataset `info`.
+
+    Checked before Ray starts, so a table given to an image recipe fails in a second with the
+    fix, not minutes later inside a worker with a shape error. `info` is a DatasetInfo; a
+    descriptor written before `kind` existed is an image dataset. Recipes that read no dataset
+    (or user entrypoints, `recipe_name` empty) accept anything.
+    """
+    recipe = RECIPES.get(recipe_name)
+    if recipe is None or not recipe.dataset_kinds:
+        return
+    kind = getattr(info, "kind", None) or "image"
+    shape = [int(d) for d in info.feature_shape]
+    where = f"recipe {recipe_name}: dataset {info.name} is a {kind} dataset {shape}"
+    accepts = " or ".join(recipe.dataset_kinds)
+    if kind not in recipe.dataset_kinds:
+        fits = sorted(n for n, r in RECIPES.items() if kind in r.dataset_kinds)
+        other = f"use model.recipe {' or '.join(fits)}" if fits else "use another recipe"
+        raise SpecError(
+            f"{where}, but it trains on {accepts} datasets; {other}, or import {accepts} "
+            f"data with `rayfleet data import` and point spec.dataset at it"
+        )
+    if recipe.feature_shape and tuple(shape) != recipe.feature_shape:
+        fixed = list(recipe.feature_shape)
+        raise SpecError(
+            f"{where}, but it is built for feature shape {fixed} only; use model.recipe "
+            f"image-cnn for other image sizes, or import the images with --size "
+            f"{fixed[-1]}x{fixed[-2]}"
+        )
+    if len(shape) != KIND_RANKS.get(kind, len(shape)):
+        raise SpecError(
+            f"{where}, but a {kind} dataset has {KIND_RANKS[kind]} feature dimensions; "
+            "re-import it with `rayfleet data import`"
+        )

@@ -1,14 +1,20 @@
-"""Pieces every torch recipe shares: seeding, precision, device, reductions, state files."""
+"""Pieces every torch recipe shares: seeding, precision, device, reductions, state files, and
+the one classifier train/eval loop (digits-cnn, image-cnn, text-lstm, tabular-mlp).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
+from rayfleet.train import session
 from rayfleet.train.recipes import STATE_FILE
 
 
@@ -56,3 +62,154 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer) -> dict[str, Any
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state
+
+
+# ------------------------------------------------------------ the shared classifier loop
+
+# A batch transform (augmentation) drawing from the epoch's generator: (x, generator) -> x.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def dataset_info():
+    """This run's dataset descriptor (classes, normalization, vocabulary)."""
+    from rayfleet.data.layout import read_info
+    from rayfleet.storage.filesystem import filesystem_for
+
+    uri = session.context().dataset_uri
+    return read_info(filesystem_for(uri), uri)
+
+
+def class_names(info) -> list[str]:
+    """The descriptor's class names; ["0", "1", ...] for descriptors written before them."""
+    names = getattr(info, "class_names", None)
+    return list(names) if names else [str(i) for i in range(int(info.num_classes))]
+
+
+def normalization(info, size: int) -> tuple[list[float], list[float]]:
+    """(mean, std) of `size` values from the descriptor; identity when it has none.
+
+    A zero std (a constant feature or channel) becomes 1, so that value maps to 0, not inf.
+    """
+    norm = getattr(info, "normalization", None)
+    if norm is None:
+        return [0.0] * size, [1.0] * size
+    mean = norm["mean"] if isinstance(norm, dict) else norm.mean
+    std = norm["std"] if isinstance(norm, dict) else norm.std
+    return [float(m) for m in mean], [float(s) if s > 0 else 1.0 for s in std]
+
+
+def load_split(split: str, dtype: torch.dtype = torch.float32):
+    """(features, labels) tensors of this worker's rows of `split` (train: equal-sized)."""
+    shard = session.dataset_shard(split)
+    features = torch.from_numpy(shard.features)
+    return features.to(dtype) if features.dtype != dtype else features, torch.from_numpy(
+        shard.labels
+    )
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) before evaluating.
+
+    DDP broadcasts them at each training forward, but the last step then updates each rank's
+    copy with its own batch; evaluation runs on the unwrapped module (ranks may take different
+    numbers of val batches, so no DDP collectives there) and must use the same statistics on
+    every rank, the ones rank 0 checkpoints. A no-op for models without buffers (digits-cnn).
+    """
+    buffers = list(unwrap(model).buffers())
+    if buffers and dist.is_available() and dist.is_initialized():
+        for buffer in buffers:
+            dist.broadcast(buffer, src=0)
+
+
+def evaluate(model, features, labels, device, batch_size=256) -> tuple[float, float]:
+    """Validation loss and accuracy over every rank's val rows (exact, all-reduced)."""
+    model.eval()
+    loss_sum = correct = 0.0
+    with torch.no_grad():
+        for i in range(0, len(labels), batch_size):
+            x = features[i : i + batch_size].to(device)
+            y = labels[i : i + batch_size].to(device)
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+    loss_sum, correct, total = all_reduce_sum([loss_sum, correct, float(len(labels))], device)
+    model.train()
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+def fit_classifier(
+    model: torch.nn.Module,
+    optimizer,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    device: torch.device,
+    meta: dict[str, Any],
+    augment: Augment | None = None,
+) -> None:
+    """Train a classifier with cross-entropy for the run's epochs; every recipe's loop.
+
+    Resumes from the newest verified checkpoint, then per epoch: a shuffle (and augmentation)
+    drawn from (seed, epoch, rank) only, so a resumed epoch replays exactly; step progress;
+    exact all-reduced validation; a checkpoint on rank 0 when due; `session.report` with
+    `meta` (what serving needs to rebuild and call the model).
+    """
+    ctx = session.context()
+    (x_train, y_train), (x_val, y_val) = train, val
+    start = 0
+    if (resume := session.resume_checkpoint()) is not None:
+        load_state(resume.path, model, optimizer)
+        start = resume.epoch + 1
+
+    steps = len(y_train) // ctx.batch_size
+    for epoch in range(start, ctx.epochs):
+        generator = seed_epoch(ctx.seed, epoch, ctx.rank)
+        order = torch.randperm(len(y_train), generator=generator)
+        loss_sum = 0.0
+        for step in range(steps):
+            idx = order[step * ctx.batch_size : (step + 1) * ctx.batch_size]
+            x, y = x_train[idx], y_train[idx]
+            if augment is not None:
+                x = augment(x, generator)
+            x, y = x.to(device), y.to(device)
+            with autocast(device, ctx.mixed_precision):
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+            session.progress(epoch, step + 1, steps, loss=loss_sum / (step + 1))
+        (train_loss,) = all_reduce_sum([loss_sum / max(steps, 1)], device)
+        broadcast_buffers(model)
+        val_loss, val_acc = evaluate(unwrap(model), x_val, y_val, device)
+        metrics = {
+            "train_loss": train_loss / ctx.world_size,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            keep = ctx.is_leader and ctx.should_checkpoint(epoch)
+            if keep:
+                save_state(Path(folder), model, optimizer, {"epoch": epoch})
+            session.report(metrics, epoch=epoch, checkpoint_dir=folder if keep else None, meta=meta)
+
+
+def train_classifier(
+    build_model: Callable[[dict[str, Any]], torch.nn.Module],
+    model_config: dict[str, Any],
+    *,
+    meta: dict[str, Any],
+    dtype: torch.dtype = torch.float32,
+    augment: Augment | None = None,
+) -> None:
+    """Every classifier recipe's loop: this rank's rows, the model seeded from the run's seed
+    under DDP, Adam at the run's learning rate, then `fit_classifier`."""
+    import ray.train.torch
+
+    ctx = session.context()
+    device = ray.train.torch.get_device()
+    train, val = load_split("train", dtype), load_split("val", dtype)
+    torch.manual_seed(ctx.seed)
+    model = ray.train.torch.prepare_model(build_model(model_config))
+    optimizer = torch.optim.Adam(model.parameters(), lr=ctx.learning_rate)
+    fit_classifier(model, optimizer, train, val, device=device, meta=meta, augment=augment)

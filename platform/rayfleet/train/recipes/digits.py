@@ -7,21 +7,11 @@ interrupted-and-resumed run ends with exactly the metrics of an uninterrupted on
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayfleet.train import session
-from rayfleet.train.recipes.common import (
-    all_reduce_sum,
-    autocast,
-    load_state,
-    save_state,
-    seed_epoch,
-)
+from rayfleet.train.recipes.common import train_classifier
 
 
 class DigitsCNN(nn.Module):
@@ -48,74 +38,14 @@ def build_model(config: dict) -> DigitsCNN:
     )
 
 
-def evaluate(model, features, labels, device, batch_size=256) -> tuple[float, float]:
-    """Validation loss and accuracy over every rank's val rows (exact, all-reduced)."""
-    model.eval()
-    loss_sum = correct = 0.0
-    with torch.no_grad():
-        for i in range(0, len(labels), batch_size):
-            x = features[i : i + batch_size].to(device)
-            y = labels[i : i + batch_size].to(device)
-            logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-    loss_sum, correct, total = all_reduce_sum([loss_sum, correct, float(len(labels))], device)
-    model.train()
-    return loss_sum / max(total, 1), correct / max(total, 1)
-
-
 def train_loop(config: dict) -> None:
-    import ray.train.torch
-
-    ctx = session.context()
-    device = ray.train.torch.get_device()
-    train = session.dataset_shard("train")
-    val = session.dataset_shard("val")
-    x_train, y_train = torch.from_numpy(train.features), torch.from_numpy(train.labels)
-    x_val, y_val = torch.from_numpy(val.features), torch.from_numpy(val.labels)
-
-    torch.manual_seed(ctx.seed)
-    model = ray.train.torch.prepare_model(build_model(config))
-    optimizer = torch.optim.Adam(model.parameters(), lr=ctx.learning_rate)
-
-    start = 0
-    if (resume := session.resume_checkpoint()) is not None:
-        load_state(resume.path, model, optimizer)
-        start = resume.epoch + 1
-
-    steps = len(y_train) // ctx.batch_size
-    for epoch in range(start, ctx.epochs):
-        order = torch.randperm(len(y_train), generator=seed_epoch(ctx.seed, epoch, ctx.rank))
-        loss_sum = 0.0
-        for step in range(steps):
-            idx = order[step * ctx.batch_size : (step + 1) * ctx.batch_size]
-            x, y = x_train[idx].to(device), y_train[idx].to(device)
-            with autocast(device, ctx.mixed_precision):
-                loss = F.cross_entropy(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            session.progress(epoch, step + 1, steps, loss=loss_sum / (step + 1))
-        (train_loss,) = all_reduce_sum([loss_sum / max(steps, 1)], device)
-        val_loss, val_acc = evaluate(model, x_val, y_val, device)
-        metrics = {
-            "train_loss": train_loss / ctx.world_size,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-        }
-        with tempfile.TemporaryDirectory() as folder:
-            keep = ctx.is_leader and ctx.should_checkpoint(epoch)
-            if keep:
-                save_state(Path(folder), model, optimizer, {"epoch": epoch})
-            session.report(
-                metrics,
-                epoch=epoch,
-                checkpoint_dir=folder if keep else None,
-                meta={
-                    "recipe": "digits-cnn",
-                    "model_config": config,
-                    "input": {"shape": [1, 8, 8], "dtype": "float32"},
-                    "num_classes": 10,
-                },
-            )
+    train_classifier(
+        build_model,
+        config,
+        meta={
+            "recipe": "digits-cnn",
+            "model_config": config,
+            "input": {"shape": [1, 8, 8], "dtype": "float32"},
+            "num_classes": 10,
+        },
+    )
