@@ -23,6 +23,8 @@ import yaml
 
 from rayfleet.k8s import reconcile
 from rayfleet.local import free_serve_port
+from rayfleet.serve.haproxy_local import loopback_env
+from rayfleet.serve.ingress import local_env
 
 from ..conftest import REPO
 from ..unit.test_serve_loading import write_checkpoint
@@ -38,7 +40,11 @@ BODY = {
 
 @pytest.fixture(scope="module")
 def head():
-    head = RayHead(dict(os.environ))
+    # Serve's ingress as the rendered RayService sets it on its Ray containers (HAProxy), plus
+    # free HAProxy stats/metrics ports so it can share this machine (rayfleet.serve.ingress).
+    # HAProxy's stats/metrics listeners on loopback too (rayfleet.serve.haproxy_local).
+    env = {**os.environ, **local_env("haproxy", free_port=free_serve_port)}
+    head = RayHead({**env, **loopback_env("127.0.0.1")})
     head.serve_port = free_serve_port()
     try:
         head.start()

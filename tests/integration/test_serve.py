@@ -8,6 +8,7 @@ process never connects to Ray itself.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pyarrow.fs as pafs
 import pytest
 import torch
@@ -241,6 +243,30 @@ def test_bad_inputs_get_only_4xx_never_5xx(server):
     assert len(calls) >= 60 and {400, 404, 405, 413} <= set(statuses)
 
 
+def test_stock_tritonclient_with_its_defaults_gets_the_json_predictions(server, digits_uri):
+    """tritonclient.http as a Triton/KServe user runs it: binary tensors (its default) on the
+    way in and out, through Serve's ingress; the same numbers as a JSON request."""
+    import tritonclient.http as triton
+
+    x = read_split(digits_uri, "val").features[:5].astype(np.float32)
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_model_ready(MODEL)
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        inp = triton.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer(MODEL, [inp])
+    finally:
+        client.close()
+    tensor = {**TENSOR, "shape": list(x.shape), "data": x.reshape(-1).tolist()}
+    doc = httpx.post(f"{server.url}{INFER}", json={"inputs": [tensor]}, timeout=30).json()
+    outputs = {o["name"]: o for o in doc["outputs"]}
+    assert result.as_numpy("predicted_class").tolist() == outputs["predicted_class"]["data"]
+    np.testing.assert_array_equal(
+        result.as_numpy("logits").reshape(-1), np.float32(outputs["logits"]["data"])
+    )
+
+
 def test_status_lists_the_running_deployment(server):
     result = server.cli("serve", "status", "-o", "json")
     assert result.returncode == 0, result.stderr
@@ -266,6 +292,23 @@ def test_replicas_1_2_1_in_place_under_load_without_failed_requests(server):
         time.sleep(0.5)
     assert load.failed == 0, load.errors[:3]
     assert load.ok > 50
+    _assert_haproxy_listens_on_loopback_only(server)  # after the reloads the scaling did
+
+
+def _assert_haproxy_listens_on_loopback_only(server: Server) -> None:
+    """Every listener of this instance's HAProxy (HTTP, stats, Prometheus): none on all
+    interfaces (Ray's template binds stats/metrics on `*`; rayfleet's wrapper rebinds them)."""
+    listeners = set()
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if child.name() == "haproxy":
+                conns = child.net_connections(kind="inet")
+                listeners |= {c.laddr for c in conns if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            pass  # a worker that a reload replaced
+    ports = {addr.port for addr in listeners}
+    assert int(server.url.rsplit(":", 1)[1]) in ports and len(ports) >= 3, listeners
+    assert all(ipaddress.ip_address(addr.ip).is_loopback for addr in listeners), listeners
 
 
 KILL_ONE_REPLICA = """

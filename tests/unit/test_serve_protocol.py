@@ -171,7 +171,7 @@ def test_infer_matches_the_model(service):
 def test_batched_forward_splits_rows_back_to_their_requests(service):
     rng = np.random.default_rng(2)
     arrays = [rng.random((n, 1, 8, 8), dtype=np.float32) for n in (1, 3, 2)]
-    outs = asyncio.run(service._forward_batch(arrays))
+    outs = service._forward_batch(arrays)
     for x, out in zip(arrays, outs, strict=True):
         np.testing.assert_allclose(out, service.model.predict(x), rtol=1e-5, atol=1e-6)
 

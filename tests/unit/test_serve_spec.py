@@ -138,3 +138,43 @@ def test_builder_args_round_trip_to_the_same_spec():
     assert again.spec.batching.max_batch_size == 8
     assert again.spec.replicas is None and again.num_replicas == 1  # scaling lives outside args
     assert args["checkpoint"] == "/tmp/ckpt"
+
+
+def _ray_containers(ray_service: dict) -> list[dict]:
+    cluster = ray_service["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("ingress, value", [(None, "1"), ("haproxy", "1"), ("serve-proxy", None)])
+def test_ingress_switch_reaches_every_ray_container_and_not_the_replicas_args(ingress, value):
+    """Serve reads RAY_SERVE_ENABLE_HA_PROXY at import on every node, so the RayService that
+    `rayfleet render` and the operator build (one function) sets it on every Ray container;
+    it stays out of the Serve config's args (switching it must not roll replicas)."""
+    from rayfleet.k8s import reconcile
+
+    doc = _doc(**({"ingress": ingress} if ingress else {}))
+    doc["metadata"].update(namespace="ml", uid="u1", generation=1)
+    service = reconcile.desired_ray_service(doc)
+    containers = _ray_containers(service)
+    assert len(containers) >= 2  # head and worker
+    for c in containers:
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == value, c["name"]
+    args_spec = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert "ingress" not in args_spec["spec"]["spec"]
+    assert load_spec(SERVE).spec.ingress == "haproxy"  # the default
+
+
+def test_local_ingress_env_gives_each_instance_its_own_haproxy_ports():
+    from rayfleet.serve.ingress import local_env
+
+    ports = iter(range(21001, 21010))
+    one = local_env("haproxy", free_port=lambda: next(ports))
+    two = local_env("haproxy", free_port=lambda: next(ports))
+    assert one["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    keys = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+    assert len({one[k] for k in keys} | {two[k] for k in keys}) == 4
+    assert local_env("serve-proxy", free_port=lambda: 0) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    with pytest.raises(SpecError, match="ingress"):
+        parse_spec(_doc(ingress="nginx"))

@@ -108,6 +108,7 @@ def serve(
 
     connected, owned = runtime.attach(verbose=verbose)
     if connected:
+        _check_ingress(deployment)
         if token_file:
             _note(
                 "--token-file is used when this command starts Serve; the running instance's "
@@ -131,8 +132,25 @@ def serve(
         return
     _export_token(deployment, token)
     _check_port(host, port)
+    from rayfleet.serve.ingress import apply_local_env
+
+    apply_local_env(deployment.spec.ingress, host)  # before Ray starts: its processes inherit it
     _pin(deployment, resolved)
     _serve_foreground(target, deployment, resolved, host, port, timeout, verbose)
+
+
+def _check_ingress(deployment) -> None:
+    """The ingress is the running Ray instance's (set when it started): say so when the spec
+    asks for another one, rather than silently serving through the other."""
+    from rayfleet.serve.runtime import read_local_state
+
+    local = read_local_state()
+    running = (local or {}).get("ingress")
+    if running and running != deployment.spec.ingress:
+        _note(
+            f"spec.ingress is {deployment.spec.ingress} but the running `rayfleet serve` uses "
+            f"{running} (fixed when its Ray started); restart it to switch"
+        )
 
 
 def _note(message: str) -> None:

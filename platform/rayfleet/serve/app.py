@@ -14,7 +14,8 @@ encoded there): parsing 1 MiB of JSON numbers takes tens of milliseconds of CPU,
 event loop that would stall every other request and the health probes for as long. Under
 the GIL the loop still waits while the C JSON decoder runs, but it gets turns during the
 rest (flattening, type checks, conversion). Small bodies are parsed inline, which is cheaper
-than a thread hand-off.
+than a thread hand-off. A binary-tensor body (Triton's extension, see `protocol`) has only
+its JSON header parsed, so it stays inline however large its tensors are.
 
 With a token (`spec.auth`, see `auth`), every /v2 route except the health probes wants
 `Authorization: Bearer <token>`; others get 401 with `WWW-Authenticate: Bearer`.
@@ -27,6 +28,7 @@ its URI would tell any client the bucket and layout of the team's storage. `expo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from typing import Any
@@ -40,8 +42,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rayfleet.serve.auth import TOKEN_ENV, bearer_matches
 from rayfleet.serve.loading import LoadedModel
 from rayfleet.serve.protocol import (
+    BINARY_EXTENSION,
+    HEADER_LENGTH,
     ProtocolError,
-    encode_response,
+    encode_response_body,
+    header_length,
     model_metadata,
     parse_infer_request,
 )
@@ -49,6 +54,7 @@ from rayfleet.serve.protocol import (
 log = logging.getLogger(__name__)
 SERVER_NAME = "rayfleet"
 OFFLOAD_BYTES = 64 * 1024  # bodies larger than this are parsed (and answered) off the loop
+OFFLOAD_VALUES = 8192  # answers with more output values than this are encoded off the loop
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -63,10 +69,11 @@ def error(status: int, message: str) -> Response:
 class InferenceService:
     """One loaded model plus its dynamic batching; what every route calls.
 
-    With `max_batch_size > 1`, concurrent requests are grouped by `@serve.batch` (up to that
-    many requests, waiting at most `batch_wait_timeout_s`) and run as one forward pass; each
-    request's rows are split back out. Requests are validated before they join a batch, so a
-    bad request never fails the requests batched with it.
+    With `max_batch_size > 1`, concurrent requests are grouped by an `AdaptiveBatcher` (see
+    `batching`: a lone request is dispatched at once; under load, batches of up to that many
+    requests, waiting at most `batch_wait_timeout_s` for one to fill) and run as one forward
+    pass; each request's rows are split back out. Requests are validated before they join a
+    batch, so a bad request never fails the requests batched with it.
     """
 
     def __init__(
@@ -83,19 +90,19 @@ class InferenceService:
         self.expose_source = expose_source
         self.max_batch_size = max_batch_size
         self.batches: list[int] = []  # recent batch sizes (requests), for tests and stats
-        self._batched = None
+        self._batcher = None
         if max_batch_size > 1:
-            from ray import serve
+            from rayfleet.serve.batching import AdaptiveBatcher
 
-            self._batched = serve.batch(
-                max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s
-            )(self._forward_batch)
+            self._batcher = AdaptiveBatcher(
+                self._forward_batch, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s
+            )
 
     @property
     def name(self) -> str:
         return self.model.name
 
-    async def _forward_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def _forward_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         self._note_batch(len(arrays))
         if len(arrays) == 1:
             return [self.model.predict(arrays[0])]
@@ -108,8 +115,8 @@ class InferenceService:
             del self.batches[:2048]
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
-        if self._batched is not None:
-            return await self._batched(x)
+        if self._batcher is not None:
+            return await self._batcher.submit(x)
         self._note_batch(1)
         return self.model.predict(x)
 
@@ -188,7 +195,8 @@ def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI
 
     @app.get("/v2", dependencies=authed)
     async def server_metadata() -> Response:
-        return _json({"name": SERVER_NAME, "version": _version(), "extensions": []})
+        doc = {"name": SERVER_NAME, "version": _version(), "extensions": [BINARY_EXTENSION]}
+        return _json(doc)
 
     @app.get("/v2/health/live")
     async def live() -> Response:
@@ -218,8 +226,6 @@ def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         if (missing := _model_or_404(name, version)) is not None:
             return missing
-        if "inference-header-content-length" in request.headers:
-            return error(400, "the binary tensor extension is not supported; send JSON tensors")
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -233,18 +239,19 @@ def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI
                 return error(413, f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         body = b"".join(chunks)
-        large = size > OFFLOAD_BYTES
+        sig = service.model.signature
         try:
-            if large:
-                req = await asyncio.to_thread(parse_infer_request, body, service.model.signature)
-            else:
-                req = parse_infer_request(body, service.model.signature)
+            json_length = header_length(request.headers.get(HEADER_LENGTH), size)
+            # Binary tensors skip JSON number parsing: only a large JSON part goes to a thread.
+            large = (size if json_length is None else json_length) > OFFLOAD_BYTES
+            parse = functools.partial(parse_infer_request, body, sig, json_length=json_length)
+            req = await asyncio.to_thread(parse) if large else parse()
         except ProtocolError as exc:
             return error(exc.status, exc.message)
         del body, chunks
         logits = await service.infer(req.array)
         name, version = service.name, service.model.version
-        if large:  # a large request's answer is large too
+        if large or logits.size > OFFLOAD_VALUES:  # many rows (binary input too): a big answer
             return await asyncio.to_thread(_answer, name, version, req, logits)
         return _answer(name, version, req, logits)
 
@@ -252,7 +259,11 @@ def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI
 
 
 def _answer(name: str, version: str, req, logits: np.ndarray) -> Response:
-    return _json(encode_response(name, version, req, logits))
+    body, json_length = encode_response_body(name, version, req, logits)
+    if json_length is None:
+        return Response(body, media_type="application/json")
+    headers = {HEADER_LENGTH: str(json_length)}
+    return Response(body, media_type="application/octet-stream", headers=headers)
 
 
 def _version() -> str:

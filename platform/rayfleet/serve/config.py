@@ -44,6 +44,9 @@ _SCALING_FIELDS = ("replicas", "autoscaling")
 # use them keeps its Serve code version across an upgrade (no rolling restart) and rendered
 # manifests do not change.
 _OFF_BY_DEFAULT = ("exposeSource",)
+# Node-level settings: they act through the Ray nodes' environment (see `ingress`), not on a
+# replica, so they stay out of `args` (changing one must not roll replicas for nothing).
+_NODE_FIELDS = ("ingress",)
 
 
 def replica_settings(deployment: ModelDeployment, checkpoint: str) -> dict[str, Any]:
@@ -86,7 +89,7 @@ def application_config(
 ) -> dict[str, Any]:
     """One application: a ServeApplicationSchema document (an entry of `applications`)."""
     doc = deployment.model_dump(mode="json", by_alias=True, exclude_none=True)
-    for key in _SCALING_FIELDS:
+    for key in _SCALING_FIELDS + _NODE_FIELDS:
         doc["spec"].pop(key, None)
     for key in _OFF_BY_DEFAULT:
         if doc["spec"].get(key) is False:

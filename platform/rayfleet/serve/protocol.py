@@ -5,6 +5,15 @@ Response: {"model_name", "model_version", "id"?, "outputs": [{"name", "shape", "
            "data"}]}
 Errors:   {"error": "<message>"} with a 4xx status.
 
+Triton's binary tensor data extension ("binary_tensor_data", what `tritonclient.http` uses by
+default): the body is a JSON header of `Inference-Header-Content-Length` bytes followed by
+raw tensors. An input with `parameters.binary_data_size` has no `data`; its little-endian,
+row-major bytes follow the header, in input order. An output asked for with
+`parameters.binary_data` (or every output, with the request parameter `binary_data_output`)
+comes back the same way: the response's JSON header (its length in the response header
+`Inference-Header-Content-Length`) gives each such output `parameters.binary_data_size` and
+no `data`, and the bytes follow. Binary inputs skip JSON number parsing entirely.
+
 Tensor data is row-major and may be flat or nested. The batch dimension comes first: a model
 whose examples are [1, 8, 8] takes [N, 1, 8, 8]. Outputs: `logits` and `probabilities`
 (FP32, [N, classes]) and `predicted_class` (INT64, [N]); a request may ask for a subset.
@@ -31,6 +40,9 @@ KNOWN_DATATYPES = {
 }  # fmt: skip
 _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 _INPUT_KEYS = {"name", "shape", "datatype", "data", "parameters"}
+BINARY_EXTENSION = "binary_tensor_data"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_OUTPUT_DTYPES = {"FP32": "<f4", "INT64": "<i8"}
 MAX_DIM = 1 << 24
 
 
@@ -48,6 +60,7 @@ class InferRequest:
     id: str | None
     array: np.ndarray  # [N, *signature.shape], the signature's dtype
     outputs: tuple[str, ...]
+    binary_outputs: frozenset[str] = frozenset()  # answered as raw bytes (binary extension)
 
 
 def _bad(message: str) -> ProtocolError:
@@ -68,12 +81,36 @@ def _flatten(data: list, depth: int) -> list:
     return flat
 
 
-def parse_infer_request(body: bytes, sig: Signature) -> InferRequest:
-    """Validate an infer request body against the model's signature; ProtocolError if wrong."""
+def header_length(value: str | None, body_size: int) -> int | None:
+    """The `Inference-Header-Content-Length` request header, checked against the body."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit():
+        raise _bad(f"{HEADER_LENGTH} must be a byte count; got {value[:40]!r}")
+    length = int(value)
+    if length > body_size:
+        raise _bad(
+            f"{HEADER_LENGTH} is {length} but the body has only {body_size} bytes; it must be "
+            "the length of the JSON header that starts the body"
+        )
+    return length
+
+
+def parse_infer_request(
+    body: bytes, sig: Signature, *, json_length: int | None = None
+) -> InferRequest:
+    """Validate an infer request body against the model's signature; ProtocolError if wrong.
+
+    `json_length` (from `header_length`): the body is a JSON header of that many bytes then
+    binary tensors (the binary tensor data extension); None: the whole body is JSON."""
+    view = memoryview(body)
+    header = body if json_length is None else view[:json_length]
     try:
-        doc = json.loads(body)
+        doc = json.loads(bytes(header) if json_length is not None else header)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise _bad(f"request body is not valid JSON: {str(exc)[:120]}") from None
+        where = "request body" if json_length is None else f"JSON header ({HEADER_LENGTH} bytes)"
+        raise _bad(f"{where} is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(doc, dict):
         raise _bad('request body must be a JSON object with "inputs"')
     unknown = set(doc) - _REQUEST_KEYS
@@ -82,25 +119,54 @@ def parse_infer_request(body: bytes, sig: Signature) -> InferRequest:
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _bad('"id" must be a string')
+    parameters = doc.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise _bad('"parameters" must be an object')
+    all_binary = parameters.get("binary_data_output", False)
+    if not isinstance(all_binary, bool):
+        raise _bad("parameters.binary_data_output must be true or false")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _bad('"inputs" must be a non-empty list of tensors')
     if len(inputs) != 1:
         raise _bad(f"model takes 1 input ({sig.input_name!r}); got {len(inputs)}")
-    array = _parse_input(inputs[0], sig)
-    return InferRequest(request_id, array, _parse_outputs(doc.get("outputs")))
+    binary = None if json_length is None else view[json_length:]
+    array, used = _parse_input(inputs[0], sig, binary)
+    if binary is not None and used != len(binary):
+        raise _bad(
+            f"the body has {len(binary)} bytes after the JSON header but the inputs' "
+            f"binary_data_size add up to {used}"
+        )
+    outputs, binary_outputs = _parse_outputs(doc.get("outputs"), all_binary)
+    return InferRequest(request_id, array, outputs, binary_outputs)
 
 
-def _parse_input(tensor: Any, sig: Signature) -> np.ndarray:
+def _binary_size(tensor: dict, name: Any) -> int | None:
+    params = tensor.get("parameters", {})
+    if not isinstance(params, dict):
+        raise _bad(f"input {name!r}: parameters must be an object")
+    unknown = set(params) - {"binary_data_size"}
+    if unknown:
+        raise _bad(f"input {name!r}: unknown parameter(s) {sorted(unknown)}")
+    size = params.get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+    return size
+
+
+def _parse_input(tensor: Any, sig: Signature, binary: memoryview | None) -> tuple[np.ndarray, int]:
+    """(the input as an array, how many bytes of `binary` it took)."""
     if not isinstance(tensor, dict):
         raise _bad("each input must be an object with name, shape, datatype and data")
     unknown = set(tensor) - _INPUT_KEYS
     if unknown:
         raise _bad(f"unknown input field(s) {sorted(unknown)}; allowed: {sorted(_INPUT_KEYS)}")
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    size = _binary_size(tensor, tensor.get("name"))
+    required = ("name", "shape", "datatype") + (("data",) if size is None else ())
+    missing = [k for k in required if k not in tensor]
     if missing:
         raise _bad(f"input is missing {', '.join(missing)}")
-    name, shape, datatype, data = (tensor[k] for k in ("name", "shape", "datatype", "data"))
+    name, shape, datatype = (tensor[k] for k in ("name", "shape", "datatype"))
     if name != sig.input_name:
         raise _bad(f"unknown input {name!r}; the model's input is {sig.input_name!r}")
     if not isinstance(datatype, str) or datatype not in KNOWN_DATATYPES:
@@ -116,6 +182,39 @@ def _parse_input(tensor: Any, sig: Signature) -> np.ndarray:
         raise _bad(f"shape must be a list of non-negative integers like {expected}")
     if len(shape) != len(expected) or tuple(shape[1:]) != sig.shape or shape[0] < 1:
         raise _bad(f"input {name!r} has shape {shape}; the model takes {expected} (N >= 1)")
+    if size is not None:
+        return _binary_input(name, shape, size, sig, binary), size
+    return _json_input(name, shape, tensor["data"], sig), 0
+
+
+def _binary_input(
+    name: str, shape: list[int], size: int, sig: Signature, binary: memoryview | None
+) -> np.ndarray:
+    """An input sent as raw bytes: exactly shape x itemsize little-endian values."""
+    if binary is None:
+        raise _bad(
+            f"input {name!r} has parameters.binary_data_size but the request has no "
+            f"{HEADER_LENGTH} header; send it with the JSON header's length"
+        )
+    dtype = np.dtype(sig.dtype).newbyteorder("<")
+    need = math.prod(shape) * dtype.itemsize
+    if size != need:
+        raise _bad(
+            f"input {name!r}: binary_data_size is {size} but shape {shape} of {sig.datatype} "
+            f"needs {need} bytes"
+        )
+    if size > len(binary):
+        raise _bad(
+            f"input {name!r}: binary_data_size is {size} but only {len(binary)} bytes follow "
+            "the JSON header"
+        )
+    array = np.frombuffer(binary[:size], dtype=dtype).astype(sig.dtype).reshape(shape)
+    if not np.isfinite(array).all():
+        raise _bad(f"input {name!r} has NaN or infinite values")
+    return array
+
+
+def _json_input(name: str, shape: list[int], data: Any, sig: Signature) -> np.ndarray:
     if not isinstance(data, list):
         raise _bad("data must be a JSON array of numbers (flat or nested)")
     flat = _flatten(data, len(shape))
@@ -137,9 +236,10 @@ def _parse_input(tensor: Any, sig: Signature) -> np.ndarray:
     return array
 
 
-def _parse_outputs(outputs: Any) -> tuple[str, ...]:
+def _parse_outputs(outputs: Any, all_binary: bool) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(output names, those to answer in binary)."""
     if outputs is None:
-        return OUTPUTS
+        return OUTPUTS, frozenset(OUTPUTS if all_binary else ())
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
@@ -148,7 +248,27 @@ def _parse_outputs(outputs: Any) -> tuple[str, ...]:
     unknown = [n for n in names if n not in OUTPUTS]
     if unknown:
         raise _bad(f"unknown output(s) {unknown}; the model has {list(OUTPUTS)}")
-    return names or OUTPUTS
+    binary = set(names) if all_binary else set()
+    for o in outputs:
+        params = o.get("parameters", {})
+        if not isinstance(params, dict):
+            raise _bad(f"output {o['name']!r}: parameters must be an object")
+        extra = set(params) - {"binary_data"}
+        if extra:
+            raise _bad(
+                f"output {o['name']!r}: unsupported parameter(s) {sorted(extra)} (this server "
+                "supports binary_data; not the classification extension)"
+            )
+        flag = params.get("binary_data", all_binary)
+        if not isinstance(flag, bool):
+            raise _bad(f"output {o['name']!r}: binary_data must be true or false")
+        if flag:
+            binary.add(o["name"])
+        else:
+            binary.discard(o["name"])
+    if not names:
+        return OUTPUTS, frozenset(OUTPUTS if all_binary else ())
+    return names, frozenset(binary)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -157,24 +277,53 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def _output_tensors(logits: np.ndarray) -> dict[str, Any]:
+    """name -> () -> (datatype, shape, array): computed only when asked for."""
+    n, classes = logits.shape
+    return {
+        "logits": lambda: ("FP32", [n, classes], logits),
+        "probabilities": lambda: ("FP32", [n, classes], softmax(logits)),
+        "predicted_class": lambda: ("INT64", [n], logits.argmax(axis=1)),
+    }
+
+
 def encode_response(
     model_name: str, version: str, request: InferRequest, logits: np.ndarray
 ) -> dict[str, Any]:
-    """The infer response: the requested outputs, each flattened row-major."""
-    n, classes = logits.shape
-    tensors = {
-        "logits": lambda: ("FP32", [n, classes], logits.reshape(-1).tolist()),
-        "probabilities": lambda: ("FP32", [n, classes], softmax(logits).reshape(-1).tolist()),
-        "predicted_class": lambda: ("INT64", [n], logits.argmax(axis=1).tolist()),
-    }
-    outputs = []
+    """The infer response (all JSON): the requested outputs, each flattened row-major."""
+    doc, _ = _response(model_name, version, request, logits, binary=frozenset())
+    return doc
+
+
+def encode_response_body(
+    model_name: str, version: str, request: InferRequest, logits: np.ndarray
+) -> tuple[bytes, int | None]:
+    """(response body, JSON header length or None). With binary outputs the body is the JSON
+    header then each binary output's bytes (the length goes in `HEADER_LENGTH`)."""
+    doc, chunks = _response(model_name, version, request, logits, binary=request.binary_outputs)
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _response(model_name, version, request, logits, *, binary) -> tuple[dict, list[bytes]]:
+    tensors = _output_tensors(logits)
+    outputs, chunks = [], []
     for name in request.outputs:
-        datatype, shape, data = tensors[name]()
-        outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
+        datatype, shape, array = tensors[name]()
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if name in binary:
+            raw = np.ascontiguousarray(array, dtype=_OUTPUT_DTYPES[datatype]).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        outputs.append(tensor)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": outputs}
     if request.id is not None:
         doc["id"] = request.id
-    return doc
+    return doc, chunks
 
 
 def model_metadata(model_name: str, version: str, sig: Signature, extra: dict) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from rayfleet.errors import BadInputError, WorkFailedError
 from rayfleet.retry import poll
 from rayfleet.serve.auth import ServeAuthError
 from rayfleet.serve.config import DEPLOYMENT, application_config
+from rayfleet.serve.ingress import running_ingress
 from rayfleet.serve.loading import ModelLoadError, ResolvedSource
 from rayfleet.specs.serve import ModelDeployment
 
@@ -285,6 +286,7 @@ def write_local_state(url: str) -> None:
         "ray_address": ray.get_runtime_context().gcs_address,
         "auth_mode": "token" if _token_auth_on() else "disabled",
         "url": url,
+        "ingress": running_ingress(),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))

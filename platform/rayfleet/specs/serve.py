@@ -21,6 +21,7 @@ from rayfleet.specs.base import (
     UriStr,
     resolve_storage,
 )
+from rayfleet.specs.scheduling import SchedulingSpec
 from rayfleet.storage.uri import StorageURI
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -150,6 +151,17 @@ class ModelDeploymentSpec(SpecModel):
         description="Require `Authorization: Bearer <token>` on every /v2 route but the health "
         "probes. Without it Serve's port is unauthenticated: keep it inside the cluster or "
         "behind an authenticating ingress.",
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="Kueue queue and priority of the rendered RayService (Kueue's RayService "
+        "integration admits its cluster).",
+    )
+    ingress: Literal["haproxy", "serve-proxy"] = Field(
+        default="haproxy",
+        description="HTTP ingress in front of the replicas: Ray's bundled HAProxy (fast, the "
+        "default) or Serve's Python proxy (serve-proxy). Set on the Ray nodes before Ray "
+        "starts, so it holds for every application of one Ray instance.",
     )
     expose_source: bool = Field(
         default=False,
