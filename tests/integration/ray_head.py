@@ -26,6 +26,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 class RayHead:
     def __init__(self, env: dict[str, str], num_cpus: int = 2):
         self.token = secrets.token_hex(24)
+        self.num_cpus = num_cpus
         self.temp_dir = tempfile.mkdtemp(prefix="rf-head-", dir="/tmp")
         self.dashboard_port = free_port()
         self.gcs_port = free_port()
@@ -58,7 +59,7 @@ class RayHead:
                 "--dashboard-port",
                 str(self.dashboard_port),
                 "--num-cpus",
-                "2",
+                str(self.num_cpus),
                 "--temp-dir",
                 self.temp_dir,
                 "--disable-usage-stats",

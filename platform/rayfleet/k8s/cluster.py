@@ -25,6 +25,8 @@ class WorkerGroup:
     cpus: float
     gpus: float = 0
     memory: str = "4Gi"
+    min_replicas: int | None = None
+    """Fewest pods the workload runs on (an elastic TrainJob's minWorkers); None: replicas."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def ray_cluster_spec(layout: Layout, options: RenderOptions) -> dict[str, Any]:
         {
             "groupName": g.name,
             "replicas": g.replicas,
-            "minReplicas": g.replicas,
+            "minReplicas": g.replicas if g.min_replicas is None else g.min_replicas,
             "maxReplicas": g.replicas,
             "rayStartParams": {},
             "template": pod_template(
