@@ -43,9 +43,12 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/train_overhead.py
 	$(BIN)/python tests/benchmarks/data_loading.py
+	$(BIN)/python tests/benchmarks/data_import.py
 	$(BIN)/python tests/benchmarks/sweep_schedulers.py
 	$(BIN)/python tests/benchmarks/sweep_scheduling.py
 	$(BIN)/python tests/benchmarks/serve_latency.py
+	$(BIN)/python tests/benchmarks/startup.py
+	$(BIN)/python tests/benchmarks/node_loss.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

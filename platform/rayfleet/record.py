@@ -63,6 +63,8 @@ class RunResultDoc(_Doc):
     attempts: int = 1
     elapsed_s: float = 0.0
     skipped: list[str] = []
+    # Seconds from the driver's process start to each start-up phase (StartupClock).
+    startup: dict[str, float] = Field(default={}, alias="startupS")
 
 
 class EpochEntry(_Doc):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--mixed-precision", default="bf16")
+    parser.add_argument("--report-ready", action="store_true", help="Print READY <time>.")
     args = parser.parse_args()
 
     backend = "nccl" if args.gpu else "gloo"
@@ -48,6 +50,8 @@ def main() -> None:
     model = DDP(model, device_ids=[device.index] if args.gpu else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     x, y = make_batch(config, args.batch_size, device, args.seed + rank)
+    if args.report_ready and rank == 0:  # start-up benchmark: the loop starts now
+        print(f"READY {time.time()}", flush=True)
     stats = timed_steps(
         model,
         optimizer,

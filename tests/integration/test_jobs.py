@@ -329,6 +329,63 @@ def test_a_replaced_bundle_in_storage_is_uploaded_again_not_trusted(s3, tmp_path
     assert sorted(second.skipped) == [".env", "data", "id_ed25519"]
 
 
+def test_a_plain_ray_train_loop_submits_unchanged(head, user_env):
+    """jobs/ray-loop: a loop using only Ray Train's API, on the token-auth head."""
+    name = "cluster-ray-loop"
+    proc = cli(
+        [
+            "submit",
+            str(REPO / "jobs/ray-loop/train.yaml"),
+            "--address",
+            head.address,
+            "--follow",
+            f"--set=metadata.name={name}",
+            "--set=spec.model.config.epochs=2",
+        ],
+        user_env,
+        token=head.token,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "epoch 2/2" in proc.stdout and "val_accuracy" in proc.stdout, proc.stdout[-2000:]
+    doc = record_of("runs", name)
+    assert doc["status"] == "SUCCEEDED", doc
+    assert [e["epoch"] for e in doc["epochs"]] == [0, 1]
+    assert doc["result"]["checkpointUri"].startswith(f"{STORAGE}/runs/{name}/checkpoint_20")
+
+
+def test_a_job_waiting_for_resources_says_it_is_queued_and_why(head, user_env):
+    """A driver reserving more CPUs than the head has stays PENDING: --follow says so, with
+    Ray's reason, instead of printing nothing."""
+    name = "cluster-queued"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rayfleet", "submit", TRAIN, "--address", head.address]
+        + ["--follow", f"--set=metadata.name={name}", "--set=spec.driver.cpus=64"],
+        env={**user_env, "RAY_AUTH_TOKEN": head.token},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    queued = ""
+    watchdog = threading.Timer(300, proc.kill)  # never wait forever for the line
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            if "queued for" in line:
+                queued = line
+                break
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+        watchdog.cancel()
+    assert "waiting for resources" in queued.lower(), queued
+    # Ray cannot stop a job whose driver has not started; `jobs stop` says so in one line.
+    args = ["jobs", "stop", name, "--address", head.address, "--wait", "1"]
+    stopped = cli(args, user_env, token=head.token)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "cannot stop a job before its driver starts" in " ".join(stopped.stderr.split())
+
+
 def test_submit_without_follow_then_stop_keeps_the_record_current(head, user_env):
     name = "cluster-stopped"
     args = ["--address", head.address]
@@ -454,3 +511,15 @@ def test_describe_reads_the_record_after_the_head_is_gone(head, user_env):
     assert "submission rayfleet-cluster-retry-1: FAILED" in out.stdout
     out = cli(["jobs", "describe", "no-such-run", "--storage", STORAGE], user_env)
     assert out.returncode == 2 and "no record for 'no-such-run'" in out.stderr
+    # The full logs were copied to storage while the jobs ran: readable with no cluster.
+    out = cli(["jobs", "logs", "cluster-digits", "--storage", STORAGE], user_env)
+    assert out.returncode == 0, out.stderr
+    assert "epoch 12/12" in out.stdout and "done in" in out.stdout, out.stdout[-2000:]
+    out = cli(
+        ["jobs", "logs", "cluster-retry", "--storage", STORAGE, "--stream", "all", "-o", "json"],
+        user_env,
+    )
+    assert out.returncode == 0, out.stderr
+    logs = json.loads(out.stdout)
+    assert logs["driver"].count("cluster-retry: ") >= 2, logs["driver"][-2000:]  # both launches
+    assert "resuming from checkpoint_e" in logs["worker-rank0"], logs

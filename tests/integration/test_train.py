@@ -127,6 +127,7 @@ def test_truncated_newest_checkpoint_is_skipped_on_resume(reference):
     assert result.metrics == reference[1].epochs()[4]
 
 
+@pytest.mark.slow  # jobs/custom also trains in test_jobs.py (submitted); plain loops: test_ray_loop
 def test_user_entrypoint_trains_and_resumes(ray_local, digits_uri):
     spec = REPO / "jobs" / "custom" / "train.yaml"
     job = load_spec(spec, [f"spec.storage=s3://{BUCKET}"])

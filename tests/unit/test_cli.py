@@ -144,10 +144,11 @@ def test_run_json_has_the_documented_keys():
 
     result = RunResult(name="r", run_uri="s3://b/runs/r", checkpoint_uri="s3://b/runs/r/c",
                        epoch=2, metrics={"epoch": 2, "val_accuracy": 0.9}, attempts=1,
-                       elapsed_s=1.23456)  # fmt: skip
+                       elapsed_s=1.23456, startup={"ray": 2.5})  # fmt: skip
     assert run_doc(result) == {
         "name": "r", "runUri": "s3://b/runs/r", "checkpointUri": "s3://b/runs/r/c", "epoch": 2,
         "metrics": {"val_accuracy": 0.9}, "attempts": 1, "elapsedS": 1.235, "skipped": [],
+        "startupS": {"ray": 2.5},
     }  # fmt: skip
 
 

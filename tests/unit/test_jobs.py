@@ -224,3 +224,33 @@ def test_force_reaches_the_clusters_run_command(tmp_path):
     plan = Plan(path, job, ("run.epochs=3",), store, store.join("runs", job.name), force=True)
     assert plan.entrypoint(resume=False).endswith("train.yaml --set=run.epochs=3 --force")
     assert "--force" not in Plan(path, job, (), store, store).entrypoint(resume=False)
+
+
+def test_a_queued_job_says_why_when_the_reason_changes_and_every_half_minute():
+    """jobs.follow.wait_until_started on a scripted sequence of Ray job states (the Jobs API
+    itself is exercised in tests/integration/test_jobs.py)."""
+    from rayfleet.jobs.follow import wait_until_started
+
+    states = iter(
+        [("PENDING", "waiting for resources")] * 4
+        + [("PENDING", "setting up the runtime env")] * 2
+        + [("RUNNING", "")]
+    )
+    now = {"t": 0.0}
+
+    class Cluster:
+        def info(self, submission_id):
+            status, message = next(states)
+            return SimpleNamespace(status=status, message=message, submission_id=submission_id)
+
+    def sleep(seconds):
+        now["t"] += 20.0  # each poll is 20 s later
+
+    notes: list[str] = []
+    job = wait_until_started(Cluster(), "sid", notes.append, sleep=sleep, clock=lambda: now["t"])
+    assert job.status == "RUNNING"
+    assert notes == [
+        "queued for 0 s: waiting for resources",
+        "queued for 40 s: waiting for resources",  # 30 s after the last note
+        "queued for 80 s: setting up the runtime env",  # the reason changed
+    ]

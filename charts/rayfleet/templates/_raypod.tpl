@@ -27,11 +27,15 @@ spec:
   {{- with include "rayfleet.imagePullSecrets" $root }}
   {{- . | nindent 2 }}
   {{- end }}
-  {{- with $g.nodeSelector }}
+  {{- $spot := dict }}
+  {{- if $g.preemptible }}
+  {{- $spot = include "rayfleet.preemptibleScheduling" $root | fromYaml }}
+  {{- end }}
+  {{- with merge (deepCopy (default dict $g.nodeSelector)) (default dict $spot.nodeSelector) }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $g.tolerations }}
+  {{- with concat (default list $g.tolerations) (default list $spot.tolerations) }}
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -114,4 +118,38 @@ spec:
                     apiVersion: v1
                     fieldPath: metadata.namespace
     {{- end }}
+{{- end }}
+
+
+{{/*
+The node selector and toleration of spot/preemptible nodes on `preemptible.cloud`, added to a
+worker group with `preemptible: true` (the group's own nodeSelector wins on the same key).
+Labels and taints are each cloud's documented defaults: EKS managed node groups and Karpenter
+label spot nodes without a taint; GKE Spot and AKS spot pools are labelled and tainted.
+*/}}
+{{- define "rayfleet.preemptibleScheduling" -}}
+{{- $cloud := .Values.preemptible.cloud -}}
+{{- if eq $cloud "aws" }}
+nodeSelector:
+  eks.amazonaws.com/capacityType: SPOT
+{{- else if eq $cloud "karpenter" }}
+nodeSelector:
+  karpenter.sh/capacity-type: spot
+{{- else if eq $cloud "gcp" }}
+nodeSelector:
+  cloud.google.com/gke-spot: "true"
+tolerations:
+  - key: cloud.google.com/gke-spot
+    operator: Equal
+    value: "true"
+    effect: NoSchedule
+{{- else if eq $cloud "azure" }}
+nodeSelector:
+  kubernetes.azure.com/scalesetpriority: spot
+tolerations:
+  - key: kubernetes.azure.com/scalesetpriority
+    operator: Equal
+    value: spot
+    effect: NoSchedule
+{{- end }}
 {{- end }}

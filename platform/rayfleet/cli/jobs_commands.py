@@ -24,6 +24,7 @@ from rayfleet.cli.output import (
     print_table,
     table,
 )
+from rayfleet.errors import BadInputError
 from rayfleet.retry import TimedOutError, poll
 
 AddressOption = typer.Option(
@@ -204,11 +205,22 @@ def logs(
     token_file: Path | None = TokenFileOption,
     insecure: bool = InsecureOption,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the end."),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Read the log copied to <storage>/runs|sweeps/NAME/logs/ instead of asking the "
+        "cluster: works after the cluster is gone, and for `rayfleet run`.",
+    ),
+    stream: str = typer.Option(
+        "driver", "--stream", help="With --storage: driver, worker-rankN, or all."
+    ),
     output: Output = OutputOption,
 ) -> None:
     """A job's log (its driver's stdout and stderr)."""
     from rayfleet.jobs.follow import follow as follow_log
 
+    if storage is not None:
+        return _stored_logs(name, storage, stream, follow=follow, output=output)
     cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
     if output is Output.json:
@@ -217,6 +229,36 @@ def logs(
         return _write_log(cluster.logs(job.submission_id))
     job = follow_log(cluster, job.submission_id, _write_log, err_console.print)
     _refresh_record(cluster, job, with_logs=True)
+
+
+def _stored_logs(name: str, storage: str, stream: str, *, follow: bool, output: Output) -> None:
+    """`jobs logs NAME --storage URI`: the copy in storage (storage.logs), no cluster."""
+    from rayfleet import record
+    from rayfleet.storage import logs as stored
+    from rayfleet.storage.filesystem import filesystem_for
+
+    uri, _ = record.find(name, storage)
+    fs = filesystem_for(uri)
+    logs_path = uri.join(stored.LOGS_DIR).fs_path
+    names = stored.streams(fs, logs_path)
+    if stream != "all" and stream not in names:
+        raise BadInputError(
+            f"{uri}: no {stream!r} log stored; it has: {', '.join(names) or 'none yet'}"
+        )
+    chosen = names if stream == "all" else [stream]
+    if output is Output.json:  # {stream: text}
+        return print_json({n: "".join(stored.read_new(fs, logs_path, n, set())) for n in chosen})
+    if follow and stream != "all":
+
+        def finished() -> bool:
+            return (record.read(fs, uri) or {}).get("status") in record.TERMINAL
+
+        return stored.follow(fs, logs_path, stream, _write_log, finished)
+    for n in chosen:
+        if stream == "all":
+            console.print(f"[bold]== {n} ==[/]", highlight=False)
+        for text in stored.read_new(fs, logs_path, n, set()):
+            _write_log(text)
 
 
 @app.command()
@@ -231,7 +273,7 @@ def stop(
     output: Output = OutputOption,
 ) -> None:
     """Stop a job (SIGTERM to its driver, then SIGKILL); its checkpoints stay in storage."""
-    from rayfleet.jobs.follow import TERMINAL, status_of
+    from rayfleet.jobs.follow import PENDING, TERMINAL, status_of
 
     cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)
@@ -249,6 +291,13 @@ def stop(
             pass  # report the status it has now; the record says the same
         job = latest[0]
         _refresh_record(cluster, job, with_logs=True)
+        if status_of(job) == PENDING:
+            err_console.print(
+                f"[yellow]{job.submission_id} has not started, and Ray cannot stop a job before "
+                "its driver starts: it starts once the resources it reserves (spec.driver) are "
+                "free, or fails after RAY_JOB_START_TIMEOUT_SECONDS (default 900)[/]",
+                highlight=False,
+            )
     if output is Output.json:
         return print_json(_job_doc(job))
     console.print(f"{job.submission_id}: {status_of(job)}", highlight=False)
@@ -373,7 +422,6 @@ def context_add(
 @handle_errors
 def context_use(name: str = typer.Argument(...)) -> None:
     """Make a context the default for submit and jobs."""
-    from rayfleet.errors import BadInputError
     from rayfleet.jobs.target import config_path, load_config, save_config
 
     config = load_config()

@@ -6,7 +6,9 @@ import typer
 
 from rayfleet.cli import (
     data_commands,
+    doctor_commands,
     jobs_commands,
+    plot_commands,
     render_commands,
     run_commands,
     serve_commands,
@@ -40,6 +42,8 @@ app.add_typer(sweep_commands.app, name="sweep")
 app.add_typer(data_commands.app, name="data")
 app.add_typer(jobs_commands.app, name="jobs")
 app.add_typer(jobs_commands.contexts, name="context")
+app.command()(doctor_commands.doctor)
+app.command()(plot_commands.plot)
 
 
 def main() -> None:

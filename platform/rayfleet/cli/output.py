@@ -109,6 +109,9 @@ def print_table(tbl: Table, con: Console | None = None) -> None:
     con.print(tbl, crop=False)
 
 
+_STEP_FIELDS = ("type", "rank", "at", "step", "steps")
+
+
 class TrainProgress:
     """Renders launcher events: a live bar on a terminal, one line per epoch otherwise."""
 
@@ -138,7 +141,7 @@ class TrainProgress:
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "step":
-            step = {k: v for k, v in event.items() if k not in ("type", "rank", "step", "steps")}
+            step = {k: v for k, v in event.items() if k not in _STEP_FIELDS}
             stats = _fmt({**step, **self.last_eval})
             self.progress.update(
                 self.task,
@@ -153,3 +156,9 @@ class TrainProgress:
             self.progress.console.print(line, highlight=False)
         elif kind == "log":
             self.progress.console.print(f"[cyan]{event['message']}[/]", highlight=False)
+        elif kind == "phase":  # start-up: one live line on a terminal, a line per phase else
+            note = f"starting: {event['phase']} ({event['elapsedS']:.1f} s)"
+            if self.live:
+                self.progress.update(self.task, stats=note)
+            else:
+                self.progress.console.print(note, style="dim", highlight=False)

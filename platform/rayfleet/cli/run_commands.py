@@ -33,19 +33,29 @@ def run(
     ),
     output: Output = OutputOption,
 ) -> None:
-    """Run a TrainJob: preflight, data-parallel training, verified checkpoints."""
-    from rayfleet.train.launcher import run_train_job
+    """Run a TrainJob: preflight, data-parallel training, verified checkpoints. The driver's
+    output is also copied to <run>/logs/ (`rayfleet jobs logs NAME --storage URI`)."""
+    from rayfleet.storage.filesystem import filesystem_for  # pyarrow: not for --help
+    from rayfleet.storage.logs import LOGS_DIR, ship_output
 
     job = load_spec(spec, overrides or [], expect="TrainJob")
+    logs = job.run_uri().join(LOGS_DIR)
+    with ship_output(filesystem_for(logs), logs.fs_path, "driver"):
+        _run(job, spec, verbose=verbose, force=force, output=output)
+
+
+def _run(job, spec: Path, *, verbose: bool, force: bool, output: Output) -> None:
+    from rayfleet.train.launcher import run_train_job
+
     s = job.spec
     progress = progress_console(output)
     progress.print(
         f"[bold]{job.name}[/]: {s.model.recipe or s.model.entrypoint}, "
         f"{s.scaling.num_workers} worker(s) {'GPU' if s.scaling.use_gpu else 'CPU'}, "
-        f"{s.run.epochs} epochs -> {job.run_uri()}",
+        f"{job.epochs_planned()} epochs -> {job.run_uri()}",
         highlight=False,
     )
-    with TrainProgress(s.run.epochs, progress) as view:
+    with TrainProgress(job.epochs_planned(), progress) as view:
         result = run_train_job(
             job,
             on_event=view,
@@ -55,9 +65,9 @@ def run(
         )
     if output is Output.json:
         return print_json(run_doc(result))
+    final = f"; final epoch {result.epoch + 1}" if result.epoch is not None else ""
     console.print(
-        f"[green]done[/] in {result.elapsed_s:.1f}s ({result.attempts} attempt(s)); "
-        f"final epoch {result.epoch + 1}:",
+        f"[green]done[/] in {result.elapsed_s:.1f}s ({result.attempts} attempt(s)){final}:",
         highlight=False,
     )
     for key, value in result.metrics.items():
@@ -65,13 +75,17 @@ def run(
             console.print(
                 f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"
             )
-    console.print(f"checkpoint: {result.checkpoint_uri}", highlight=False)
+    console.print(
+        f"checkpoint: {result.checkpoint_uri or 'none (the loop reported none)'}",
+        highlight=False,
+    )
 
 
 def run_doc(result) -> dict[str, Any]:
     """`rayfleet run -o json`: name, runUri, checkpointUri, epoch (0-based, the last one
     trained), metrics (of that epoch), attempts, elapsedS, skipped (checkpoints passed over
-    on resume, with why)."""
+    on resume, with why), startupS (seconds from process start to each start-up
+    phase: preflight, ray, worker group, training loop, first step)."""
     return {
         "name": result.name,
         "runUri": str(result.run_uri),
@@ -81,4 +95,5 @@ def run_doc(result) -> dict[str, Any]:
         "attempts": result.attempts,
         "elapsedS": round(result.elapsed_s, 3),
         "skipped": list(result.skipped),
+        "startupS": dict(result.startup),
     }

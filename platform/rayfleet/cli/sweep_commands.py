@@ -134,15 +134,33 @@ def start(
     retry_errored: bool = typer.Option(
         False, "--retry-errored", help="With --resume: run errored trials again."
     ),
+    resume_if_exists: bool = typer.Option(
+        False,
+        "--resume-if-exists",
+        help="--resume when the sweep's trials.json exists, else start it: what a retried "
+        "RayJob runs.",
+    ),
     verbose: bool = VerboseOption,
     output: Output = OutputOption,
 ) -> None:
-    """Run a SweepJob: every trial a data-parallel TrainJob, the best one recorded."""
-    from rayfleet.tune.runner import run_sweep
+    """Run a SweepJob: every trial a data-parallel TrainJob, the best one recorded. The
+    driver's output is also copied to <sweep>/logs/ (`rayfleet jobs logs NAME --storage`)."""
+    from rayfleet.storage.filesystem import filesystem_for
+    from rayfleet.storage.logs import LOGS_DIR, ship_output
+    from rayfleet.tune.results import table_exists
     from rayfleet.tune.space import prepare
 
     sweep = load_spec(spec, overrides or [], expect="SweepJob")
     prep = prepare(sweep, source_dir=spec.resolve().parent)
+    resume = resume or (resume_if_exists and table_exists(prep.uri))
+    logs = prep.uri.join(LOGS_DIR)
+    with ship_output(filesystem_for(logs), logs.fs_path, "driver"):
+        _start(sweep, prep, spec, resume, retry_errored, verbose, output)
+
+
+def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Output) -> None:
+    from rayfleet.tune.runner import run_sweep
+
     s = sweep.spec
     progress = progress_console(output)
     progress.print(

@@ -6,6 +6,12 @@ each ends the stream while the job runs on. `follow` then waits, asks the Jobs A
 job's status, and opens the tail again, skipping what it already printed, so the output
 reads as one unbroken log. It gives up only when the cluster stays unreachable for
 `give_up_s`, and says the job keeps running there.
+
+Before the job starts there is no log at all: Ray holds a submission PENDING while the
+cluster lacks the CPUs/GPUs its driver reserves (spec.driver), while it builds the
+runtime_env, or while a queue in front of the cluster has not admitted it. `follow` says
+that it is queued and Ray's reason, when the reason changes and every half minute, so a
+waiting job never looks like a hung command.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import tenacity
 from rayfleet import record
 from rayfleet.errors import ClusterUnreachableError, RayfleetError
 from rayfleet.jobs.cluster import Cluster
-from rayfleet.retry import RECONNECT
+from rayfleet.retry import RECONNECT, poll
 
 TERMINAL = record.TERMINAL
+PENDING = "PENDING"
+_QUEUED_REPEAT_S = 30.0
 
 
 def status_of(job) -> str:
@@ -125,6 +133,36 @@ def _ride_out(
     raise AssertionError("unreachable")
 
 
+def wait_until_started(
+    cluster: Cluster,
+    submission_id: str,
+    note: Callable[[str], None],
+    *,
+    interval: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+):
+    """Return the job's details once it is no longer PENDING; meanwhile `note` says it is
+    queued and why (Ray's JobDetails.message), when that changes and every 30 s."""
+    since = clock()
+    said: dict[str, object] = {"message": None, "at": since}
+
+    def started():
+        job = cluster.info(submission_id)
+        if status_of(job) != PENDING:
+            return job
+        message = " ".join((job.message or "waiting to start").split())
+        now = clock()
+        if message != said["message"] or now - float(said["at"]) >= _QUEUED_REPEAT_S:
+            note(f"queued for {now - since:.0f} s: {message}")
+            said.update(message=message, at=now)
+        return None
+
+    return poll(
+        started, timeout=None, interval=interval, what="the job to start", sleep=sleep, clock=clock
+    )
+
+
 def follow(
     cluster: Cluster,
     submission_id: str,
@@ -135,8 +173,12 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
 ):
     """Stream the log of `submission_id` to `write` until the job ends; return its JobDetails.
-    `note` gets one line per reattach."""
+    `note` gets one line per reattach, and says why while the job is queued."""
     printed = _Printed()
+    try:
+        wait_until_started(cluster, submission_id, note, sleep=sleep)
+    except ClusterUnreachableError:
+        pass  # the stream below rides out an unreachable cluster
     while True:  # one pass per lost stream; _ride_out owns the backoff and the give-up
         try:
             return _attach(cluster, submission_id, printed, write)

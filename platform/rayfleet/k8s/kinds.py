@@ -15,9 +15,10 @@ from rayfleet.k8s.cluster import Layout, WorkerGroup, head_pdb, ray_cluster_spec
 from rayfleet.k8s.network import network_policy
 from rayfleet.k8s.options import RenderOptions
 from rayfleet.k8s.pods import SPEC_MOUNT
-from rayfleet.k8s.rayjob import namespaced, ray_job
+from rayfleet.k8s.rayjob import kueue_labels, namespaced, ray_job
 from rayfleet.k8s.source import SpecFile
 from rayfleet.serve.config import serve_config_text
+from rayfleet.serve.ingress import container_env
 from rayfleet.specs import ModelDeployment, SweepJob, TrainJob
 from rayfleet.specs.base import MAX_NAME, NAME_RE
 from rayfleet.tune.space import prepare
@@ -40,15 +41,21 @@ def check_name(src: SpecFile, limit: int, what: str) -> str:
     return name
 
 
-def entrypoint(command: str, src: SpecFile) -> str:
+def entrypoint(command: str, src: SpecFile, *flags: str) -> str:
     """`rayfleet <command> <mounted spec> --set ...`: the same file and overrides as locally."""
-    args = ["rayfleet", command, f"{SPEC_MOUNT}/{src.file_name}"]
+    args = ["rayfleet", command, f"{SPEC_MOUNT}/{src.file_name}", *flags]
     args += [f"--set={item}" for item in src.overrides]
     return shlex.join(args)
 
 
 def _training_job(
-    src: SpecFile, options: RenderOptions, train: TrainJob, *, command: str, copies: int
+    src: SpecFile,
+    options: RenderOptions,
+    train: TrainJob,
+    *,
+    command: str,
+    copies: int,
+    flags: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """A RayJob running `rayfleet <command>` on `copies` concurrent copies of a TrainJob's
     worker group (one pod per DDP worker, sized from its `spec.scaling`)."""
@@ -57,6 +64,7 @@ def _training_job(
     group = WorkerGroup(
         name="gpu" if scaling.gpus else "cpu",
         replicas=scaling.num_workers * copies,
+        min_replicas=scaling.fewest_workers * copies,  # elastic: minWorkers..numWorkers
         cpus=scaling.cpus_per_worker,
         gpus=scaling.gpus,
         memory=options.worker_memory,
@@ -70,10 +78,12 @@ def _training_job(
     )
     return ray_job(
         layout,
-        entrypoint=entrypoint(command, src),
+        entrypoint=entrypoint(command, src, *flags),
         files=src.files,
         options=options,
         driver=src.spec.spec.driver,
+        scheduling=src.spec.spec.scheduling,
+        lifecycle_spec=src.spec.spec.lifecycle,
     )
 
 
@@ -90,7 +100,11 @@ def render_sweep_job(src: SpecFile, options: RenderOptions) -> list[dict[str, An
     assert isinstance(sweep, SweepJob)
     base = prepare(sweep, source_dir=src.path.resolve().parent).base
     copies = sweep.spec.max_concurrent_trials or 1
-    return _training_job(src, options, base, command="sweep", copies=copies)
+    # A retried RayJob runs the same entrypoint again: it continues the sweep's trials.json
+    # when an earlier attempt left one, instead of failing with "already exists".
+    return _training_job(
+        src, options, base, command="sweep", copies=copies, flags=("--resume-if-exists",)
+    )
 
 
 def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[str, Any]]:
@@ -118,13 +132,19 @@ def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[
         serve=True,
         serve_token_secret=spec.auth.token_secret_name if spec.auth else None,
     )
+    cluster = ray_cluster_spec(layout, options)
+    _add_ray_env(cluster, container_env(spec.ingress))
     service = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": name, "labels": pods.labels(name, "ray-service", deployment.kind)},
+        "metadata": {
+            "name": name,
+            "labels": pods.labels(name, "ray-service", deployment.kind)
+            | kueue_labels(spec.scheduling),
+        },
         "spec": {
             "serveConfigV2": serve_config_text(deployment),
-            "rayClusterConfig": ray_cluster_spec(layout, options),
+            "rayClusterConfig": cluster,
         },
     }
     policy = network_policy(
@@ -135,6 +155,14 @@ def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[
         serve=True,
     )
     return namespaced([service, policy, head_pdb(layout)], options)
+
+
+def _add_ray_env(cluster: dict[str, Any], env: list[dict[str, Any]]) -> None:
+    """Append `env` to the Ray container (the first) of the head and every worker group: Serve
+    reads its ingress switch at import on every node (rayfleet.serve.ingress)."""
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    for group in groups:
+        group["template"]["spec"]["containers"][0]["env"].extend(env)
 
 
 RENDERERS: dict[str, Renderer] = {

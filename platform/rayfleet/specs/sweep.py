@@ -21,6 +21,8 @@ from rayfleet.specs.base import (
     UriStr,
     resolve_storage,
 )
+from rayfleet.specs.scheduling import LifecycleSpec, SchedulingSpec
+from rayfleet.specs.tracking import TrackingSpec
 from rayfleet.specs.train import TrainJobSpec
 from rayfleet.storage.uri import StorageURI
 
@@ -150,6 +152,16 @@ class SweepJobSpec(SpecModel):
         description="Relaunches of an errored trial before it counts as failed.",
     )
     driver: DriverSpec = Field(default_factory=DriverSpec)
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Kueue queue and priority of the RayJob."
+    )
+    lifecycle: LifecycleSpec = Field(
+        default_factory=LifecycleSpec, description="Deadline, retries and clean-up of the RayJob."
+    )
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec,
+        description="MLflow: a parent run per sweep, a child per trial; default: the TrainJob's.",
+    )
 
     @model_validator(mode="after")
     def _space_not_empty(self) -> SweepJobSpec:

@@ -21,7 +21,12 @@ from rayfleet.specs.base import (
     is_dataset_name,
     resolve_storage,
 )
+from rayfleet.specs.scheduling import LifecycleSpec, SchedulingSpec
+from rayfleet.specs.tracking import TrackingSpec
 from rayfleet.storage.uri import StorageURI, parse_uri
+
+# The model.config key a user loop reads its epoch count from, by Ray Train convention.
+EPOCHS_KEY = "epochs"
 
 
 class ModelSpec(SpecModel):
@@ -56,7 +61,24 @@ class ModelSpec(SpecModel):
 
 class ScalingSpec(SpecModel):
     num_workers: int = Field(
-        default=2, ge=1, le=4096, description="Data-parallel workers (DDP ranks)."
+        default=2,
+        ge=1,
+        le=4096,
+        description="Data-parallel workers (DDP ranks); with minWorkers, the most.",
+    )
+    min_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Elastic scaling: the fewest workers the run continues on after losing "
+        "nodes (it grows back to numWorkers when they return). Unset: a fixed numWorkers.",
+    )
+    resize_check_seconds: float = Field(
+        default=60,
+        ge=1,
+        le=86_400,
+        description="Elastic runs: how often a healthy run checks whether more workers fit "
+        "(a resize restarts the worker group from the newest checkpoint).",
     )
     use_gpu: bool = Field(default=False, description="One GPU per worker unless gpusPerWorker.")
     cpus_per_worker: float = Field(default=1, gt=0, le=1024)
@@ -69,6 +91,24 @@ class ScalingSpec(SpecModel):
         if self.gpus_per_worker and not self.use_gpu:
             raise ValueError("gpusPerWorker is set but useGpu is false; set useGpu: true")
         return self
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> ScalingSpec:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(
+                f"minWorkers {self.min_workers} is more than numWorkers {self.num_workers}; "
+                "numWorkers is the most workers, minWorkers the fewest"
+            )
+        return self
+
+    @property
+    def elastic(self) -> bool:
+        """Whether Ray Train may resize the run between minWorkers and numWorkers."""
+        return self.min_workers is not None and self.min_workers < self.num_workers
+
+    @property
+    def fewest_workers(self) -> int:
+        return self.min_workers if self.elastic else self.num_workers
 
     @property
     def gpus(self) -> float:
@@ -120,6 +160,18 @@ class TrainJobSpec(SpecModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
     driver: DriverSpec = Field(default_factory=DriverSpec)
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="Kueue queue and priority of the rendered RayJob (ignored inside a SweepJob).",
+    )
+    lifecycle: LifecycleSpec = Field(
+        default_factory=LifecycleSpec,
+        description="Deadline, retries and clean-up of the rendered RayJob (ignored inside a "
+        "SweepJob).",
+    )
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec, description="MLflow tracking (not part of the training)."
+    )
 
     @model_validator(mode="after")
     def _recipe_has_data(self) -> TrainJobSpec:
@@ -152,13 +204,24 @@ class TrainJob(Resource):
     def run_uri(self) -> StorageURI:
         return self.storage_uri().join("runs", self.name)
 
+    def epochs_planned(self) -> int:
+        """How many epochs the loop will run: `run.epochs`, or for a user loop an integer
+        `model.config.epochs` (where Ray Train loops usually read it, train_loop_config)."""
+        configured = self.spec.model.config.get(EPOCHS_KEY)
+        if self.spec.model.entrypoint and isinstance(configured, int) and configured > 0:
+            return configured
+        return self.spec.run.epochs
+
     def training_identity(self) -> dict[str, Any]:
         """What defines the training itself: model, data and optimisation (not how long, where,
         or on how many workers). A run resumed under a different identity would continue one
-        training with another's weights, so the launcher refuses it unless forced."""
+        training with another's weights, so the launcher refuses it unless forced. How long
+        is `run.epochs`, or `epochs` in model.config (see epochs_planned)."""
         spec = self.spec.model_dump(mode="json", by_alias=True)
         run = {k: v for k, v in spec["run"].items() if k != "epochs"}
-        return {"model": spec["model"], "dataset": spec["dataset"], "run": run}
+        config = {k: v for k, v in spec["model"]["config"].items() if k != EPOCHS_KEY}
+        model = {**spec["model"], "config": config}
+        return {"model": model, "dataset": spec["dataset"], "run": run}
 
     def spec_hash(self) -> str:
         """A short hash of `training_identity()`, stored in every checkpoint's manifest."""

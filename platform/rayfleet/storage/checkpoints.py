@@ -11,6 +11,12 @@ Directory names carry the epoch and a launch token (`checkpoint_e000007-18c2f0a9
 don't all keep faithfully. The token (a hex millisecond clock taken when a worker group
 starts) keeps an epoch that is trained again after a resume from landing in the folder of a
 skipped, corrupt checkpoint of the same epoch, which Ray Train may still delete by path.
+
+A plain Ray Train loop (`ray.train.report(..., checkpoint=...)` with no directory name) gets
+Ray's default names, `checkpoint_2026-12-02_03-30-00.123456` (the reporting worker's clock);
+those sort by that timestamp, their epoch comes from the manifest that the controller-side
+callback (train.reporting) stamps on them once Ray Train has persisted them. A run holds one
+style: the launcher refuses to resume a checkpoint written by a different loop.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from rayfleet.errors import CheckpointError
-from rayfleet.storage.filesystem import read_bytes
+from rayfleet.storage.filesystem import read_bytes, write_bytes
 
 MANIFEST = "rayfleet-manifest.json"
 MANIFEST_VERSION = 1
 # meta key: the TrainJob.spec_hash() that wrote the checkpoint (see train.launcher).
 SPEC_HASH_KEY = "specHash"
 _CKPT_DIR = re.compile(r"^checkpoint_e(\d{6})(?:-([0-9a-f]{1,16}))?$")
+# Ray Train's default checkpoint_dir_name (storage.make_default_checkpoint_dir_name).
+_RAY_CKPT_DIR = re.compile(r"^checkpoint_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{6})$")
+# The epoch list_checkpoints gives a Ray-named checkpoint: only its manifest knows.
+UNKNOWN_EPOCH = -1
 _CHUNK = 1 << 20
 
 
@@ -153,16 +163,20 @@ class Skipped:
 
 
 def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, str]]:
-    """(epoch, path) of every checkpoint directory under a run, newest first (epoch, token)."""
+    """(epoch, path) of every checkpoint directory under a run, newest first: rayfleet's by
+    (epoch, token), Ray-named ones by timestamp with epoch UNKNOWN_EPOCH."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
     except FileNotFoundError:
         return []
     found = []
     for info in infos:
-        m = _CKPT_DIR.match(info.base_name)
-        if m and info.type == pafs.FileType.Directory:
+        if info.type != pafs.FileType.Directory:
+            continue
+        if m := _CKPT_DIR.match(info.base_name):
             found.append((int(m.group(1)), m.group(2) or "", info.path))
+        elif m := _RAY_CKPT_DIR.match(info.base_name):
+            found.append((UNKNOWN_EPOCH, m.group(1), info.path))
     return [(epoch, path) for epoch, _, path in sorted(found, reverse=True)]
 
 
@@ -174,9 +188,36 @@ def newest_verified(
     for epoch, path in list_checkpoints(fs, run_path):
         result = verify(fs, path)
         if result.ok:
-            return CheckpointRef(path, epoch, result.manifest.get("meta", {})), skipped
+            meta = result.manifest.get("meta", {})
+            if epoch == UNKNOWN_EPOCH:
+                epoch = _int_or(meta.get("epoch"), UNKNOWN_EPOCH)
+            return CheckpointRef(path, epoch, meta), skipped
         skipped.append(Skipped(path.rsplit("/", 1)[-1], result.reason))
     return None, skipped
+
+
+def _int_or(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def stamp_persisted(fs: pafs.FileSystem, path: str, meta: dict[str, Any]) -> bool:
+    """Give a checkpoint that is already in storage its manifest, hashing the stored files.
+
+    For checkpoints a loop reported without rayfleet's `session.report` (a plain Ray Train
+    loop): called once Ray Train has persisted and registered them. Returns False (and
+    changes nothing) when the folder already has a manifest, as rayfleet's own reports do.
+    """
+    if fs.get_file_info(f"{path}/{MANIFEST}").type != pafs.FileType.NotFound:
+        return False
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = []
+    for info in sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path):
+        with fs.open_input_stream(info.path) as f:
+            digest = _sha256_stream(f)
+        files.append({"path": info.path[len(path) + 1 :], "size": info.size, "sha256": digest})
+    manifest = {"version": MANIFEST_VERSION, "files": files, "meta": meta}
+    write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return True
 
 
 def prune(

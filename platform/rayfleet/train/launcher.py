@@ -22,8 +22,8 @@ from typing import Any
 
 import tenacity
 
-from rayfleet import record
-from rayfleet.data.layout import read_info
+from rayfleet import record, tracking
+from rayfleet.data.layout import check_files, read_info
 from rayfleet.embedded import ensure_ray
 from rayfleet.errors import SpecError, StorageError, WorkFailedError
 from rayfleet.retry import RECONNECT, retrying
@@ -33,7 +33,7 @@ from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.lease import Lease
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI
-from rayfleet.train.recipes import RECIPES
+from rayfleet.train.recipes import RECIPES, check_dataset
 
 Event = dict[str, Any]
 EventHandler = Callable[[Event], None]
@@ -53,10 +53,57 @@ class RunResult:
     attempts: int
     elapsed_s: float
     skipped: list[str] = field(default_factory=list)
+    # Seconds from process start to each start-up phase (StartupClock.PHASES).
+    startup: dict[str, float] = field(default_factory=dict)
+
+
+def _process_start() -> float:
+    """When this process started (wall clock), from psutil (a Ray dependency)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - without it, phases count from the launcher's start
+        return time.time()
+
+
+class StartupClock:
+    """Where a run's start-up time goes, as it goes: each phase, when it begins, becomes a
+    `phase` event (the CLI's live line) and an entry of RunResult.startup, in seconds since
+    this process started (so "preflight" includes the interpreter and the imports). The
+    last two come from the workers' own clocks: the loop entered (`worker` event) and its
+    first step (first `step`, or first `epoch` for a loop that reports no steps)."""
+
+    PHASES = ("preflight", "ray", "worker group", "training loop", "first step")
+
+    def __init__(self, notify: EventHandler) -> None:
+        self.t0 = _process_start()
+        self.notify = notify
+        self.marks: dict[str, float] = {}
+
+    def mark(self, phase: str, at: float | None = None) -> None:
+        if phase in self.marks:
+            return
+        self.marks[phase] = round((at or time.time()) - self.t0, 3)
+        self.notify({"type": "phase", "phase": phase, "elapsedS": self.marks[phase]})
+
+    def watching(self, handler: EventHandler) -> EventHandler:
+        """`handler`, after marking the phases that worker events reveal."""
+
+        def handle(event: Event) -> None:
+            kind = event.get("type")
+            if kind == "worker":
+                self.mark("training loop", event.get("at"))
+            elif kind in ("step", "epoch"):
+                self.mark("first step", event.get("at"))
+            handler(event)
+
+        return handle
 
 
 def _progress_channel():
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class ProgressChannel:
@@ -72,7 +119,12 @@ def _progress_channel():
             events, self._events = self._events, []
             return events
 
-    return ProgressChannel.remote()
+    # On the driver's own node: a channel on a node that is lost would take the progress
+    # and the run record's epochs with it, though the run itself goes on.
+    here = ray.get_runtime_context().get_node_id()
+    return ProgressChannel.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    ).remote()
 
 
 class _Poller(threading.Thread):
@@ -137,15 +189,20 @@ def build_trainer(
     *,
     run_uri: StorageURI | None = None,
     callbacks: list | None = None,
+    next_epoch: int = 0,
 ):
     """The TorchTrainer for a job: DDP (gloo on CPU, NCCL on GPU), storage, failure policy.
 
     The run lives at `run_uri` (default `<storage>/runs/<name>`; a sweep puts each trial's
-    run inside its trial folder). `callbacks` are Ray Train callbacks, e.g. Tune reporting.
+    run inside its trial folder). `callbacks` are more Ray Train callbacks (e.g. Tune
+    reporting), called after rayfleet's RunReporter, which stamps manifests on persisted
+    checkpoints and sends rank 0's metrics to `channel`; `next_epoch` numbers the reports of
+    a loop that reports no `epoch` metric (the epoch after the one resumed from).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from rayfleet.train.reporting import RunReporter
     from rayfleet.train.session import worker_main
 
     spec = job.spec
@@ -160,7 +217,12 @@ def build_trainer(
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=spec.scaling.num_workers,
+            # Elastic (minWorkers set): Ray Train's (min, max) tuple; it restarts the worker
+            # group on fewer workers after a node loss and grows it back when nodes return.
+            num_workers=(spec.scaling.min_workers, spec.scaling.num_workers)
+            if spec.scaling.elastic
+            else spec.scaling.num_workers,
+            elastic_resize_monitor_interval_s=spec.scaling.resize_check_seconds,
             use_gpu=spec.scaling.use_gpu,
             resources_per_worker=resources,
         ),
@@ -170,7 +232,15 @@ def build_trainer(
             storage_filesystem=filesystem_for(run_uri),
             failure_config=FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
-            callbacks=callbacks or None,
+            callbacks=[
+                RunReporter(
+                    channel=channel,
+                    spec_hash=job.spec_hash(),
+                    epochs=job.epochs_planned(),
+                    next_epoch=next_epoch,
+                ),
+                *(callbacks or []),
+            ],
         ),
     )
 
@@ -219,7 +289,9 @@ def check_inputs(job: TrainJob) -> None:
     """Everything checkable before Ray starts: storage preflight, then the dataset."""
     preflight(job.storage_uri())
     if (dataset := job.dataset_uri()) is not None:
-        read_info(filesystem_for(dataset), dataset)
+        info = read_info(filesystem_for(dataset), dataset)
+        check_files(filesystem_for(dataset), dataset, info)  # Parquet footers only: cheap
+        check_dataset(job.spec.model.recipe or "", info)  # the recipe takes this data
 
 
 def fit_with_retries(job: TrainJob, make_trainer: Callable[[], Any], notify: EventHandler):
@@ -244,12 +316,14 @@ def fit_with_retries(job: TrainJob, make_trainer: Callable[[], Any], notify: Eve
             _wait_for_storage(job.storage_uri(), notify)
 
 
-def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler) -> EventHandler:
+def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler, last: Event) -> EventHandler:
     """Pass events on, and note each finished epoch in the run record as it happens, so a
-    record read mid-run (or after the driver was killed) says how far the run got."""
+    record read mid-run (or after the driver was killed) says how far the run got. `last`
+    keeps the latest epoch event (the result of a run that checkpointed nothing)."""
 
     def handle(event: Event) -> None:
         if event.get("type") == "epoch":
+            last.update(event)
             try:
                 record.add_epoch(fs, run_uri, epoch=event["epoch"], metrics=event["metrics"])
             except (OSError, StorageError) as exc:
@@ -315,6 +389,8 @@ def run_train_job(
     """
     started = time.monotonic()
     notify = on_event or (lambda event: None)
+    clock = StartupClock(notify)
+    clock.mark("preflight")
     check_inputs(job)
     run_uri = job.run_uri()
     fs = filesystem_for(run_uri)
@@ -325,17 +401,25 @@ def run_train_job(
         if not force:
             check_same_training(job, resume_from, record.read(fs, run_uri))
         record.write(fs, run_uri, job, status="RUNNING")
+        notify = tracking.for_run(job, notify)  # MLflow, when spec.tracking or the env says so
         if resume_from is not None:
             record.note_resumed(
                 fs, run_uri, epoch=resume_from.epoch, metrics=resume_from.meta.get("metrics", {})
             )
 
+        clock.mark("ray")
         owns_ray = ensure_ray(verbose=verbose)
-        poller = _Poller(_progress_channel(), _recording_epochs(fs, run_uri, notify))
+        last: Event = {}
+        handler = clock.watching(_recording_epochs(fs, run_uri, notify, last))
+        poller = _Poller(_progress_channel(), handler)
         poller.start()
+        next_epoch = resume_from.epoch + 1 if resume_from is not None else 0
         try:
+            clock.mark("worker group")
             attempts, error = fit_with_retries(
-                job, lambda: build_trainer(job, poller.channel, sys_path), notify
+                job,
+                lambda: build_trainer(job, poller.channel, sys_path, next_epoch=next_epoch),
+                notify,
             )
         finally:
             poller.close()
@@ -352,24 +436,30 @@ def run_train_job(
             ) from error
 
         ref, skipped = newest_verified(fs, run_uri.fs_path)
-        if ref is None:
+        if ref is None and skipped:
             raise WorkFailedError(
-                f"run {job.name} finished but no verified checkpoint exists under {run_uri}"
+                f"run {job.name} finished but none of its checkpoints verifies under {run_uri} "
+                f"({skipped[0]}); rerun it to write a new one"
             )
-        keep = job.spec.checkpoint.keep
-        for name in prune(fs, run_uri.fs_path, keep, protect=(ref.name,)):
-            notify({"type": "log", "message": f"pruned {name} (older than the {keep} kept)"})
+        if ref is None:
+            notify({"type": "log", "message": "no checkpoint reported: nothing to resume from"})
+        else:
+            keep = job.spec.checkpoint.keep
+            for name in prune(fs, run_uri.fs_path, keep, protect=(ref.name,)):
+                notify({"type": "log", "message": f"pruned {name} (older than the {keep} kept)"})
         result = RunResult(
             name=job.name,
             run_uri=str(run_uri),
-            checkpoint_uri=str(run_uri.at(ref.path)),
-            epoch=ref.epoch,
-            metrics=ref.meta.get("metrics", {}),
+            checkpoint_uri=str(run_uri.at(ref.path)) if ref else None,
+            epoch=ref.epoch if ref else last.get("epoch"),
+            metrics=ref.meta.get("metrics", {}) if ref else dict(last.get("metrics", {})),
             attempts=attempts,
             elapsed_s=time.monotonic() - started,
             skipped=[str(s) for s in skipped],
+            startup=dict(clock.marks),
         )
         record.write(fs, run_uri, job, status="SUCCEEDED", result=result)
         return result
     finally:
+        tracking.finish(notify, fs, run_uri)
         lease.release()

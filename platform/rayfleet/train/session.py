@@ -39,6 +39,7 @@ from rayfleet.storage.checkpoints import (
     write_manifest,
 )
 from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.logs import LOGS_DIR, ship_output
 from rayfleet.storage.uri import StorageURI, parse_uri
 
 _PROGRESS_INTERVAL_S = 0.5
@@ -106,7 +107,7 @@ def emit(event: dict[str, Any]) -> None:
     """Send an event to the driver (fire-and-forget); a no-op without a channel."""
     ctx = context()
     if ctx.channel is not None:
-        ctx.channel.push.remote({"rank": ctx.rank, **event})
+        ctx.channel.push.remote({"rank": ctx.rank, "at": time.time(), **event})
 
 
 def log(message: str) -> None:
@@ -182,7 +183,12 @@ def resume_checkpoint() -> Resume | None:
         manifest = download_verified(fs, path, local)
         ctx._resume = Resume(local, epoch, manifest.get("meta", {}))
         if ctx.is_leader:
-            log(f"resuming from {path.rsplit('/', 1)[-1]} (epoch {epoch + 1} done)")
+            # The world size can differ from the run's last one (elastic scaling): the loop
+            # re-shards its data for this worker group (see data.shards and the README).
+            log(
+                f"resuming from {path.rsplit('/', 1)[-1]} (epoch {epoch + 1} done) "
+                f"on {ctx.world_size} worker(s)"
+            )
     ctx._resume_resolved = True
     return ctx._resume
 
@@ -216,8 +222,28 @@ def report(
         if checkpoint is not None
         else None,
     )
-    if ctx.is_leader:
-        emit({"type": "epoch", "epoch": epoch, "epochs": ctx.epochs, "metrics": metrics})
+
+
+def _install_verified_checkpoint() -> None:
+    """Make `ray.train.get_checkpoint()` hand a loop the newest *verified* checkpoint.
+
+    Ray Train gives a (re)started worker group the checkpoint it registered last, and a new
+    fit() of the same run name the latest one in its snapshot, verified or not: a
+    checkpoint truncated in storage, or persisted but killed before its manifest was
+    stamped, would be loaded as is. So before the loop runs, rayfleet resolves the newest
+    checkpoint that verifies (saying which it skipped), copies it to local disk, verifies
+    the copy and puts that in the worker's train context, or None when nothing verifies.
+    Ray 2.60 has no public setter, hence the one write to its TrainContext here.
+    """
+    from ray.train import Checkpoint
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    resume = resume_checkpoint()
+    train_context = get_train_context()
+    with train_context.report_order_condition:
+        train_context.checkpoint = (
+            Checkpoint.from_directory(str(resume.path)) if resume is not None else None
+        )
 
 
 def worker_main(config: dict[str, Any]) -> None:
@@ -251,7 +277,10 @@ def worker_main(config: dict[str, Any]) -> None:
             sys.path.insert(0, path)
     module_name, _, fn_name = config["target"].partition(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
+    logs = ctx.run_uri.join(LOGS_DIR)
     try:
-        fn(ctx.config)
+        with ship_output(filesystem_for(logs), logs.fs_path, f"worker-rank{ctx.rank}"):
+            _install_verified_checkpoint()
+            fn(ctx.config)
     finally:
         _set_context(None)

@@ -23,7 +23,7 @@ from ray.tune import Callback
 from rayfleet.errors import SpecError, WorkFailedError
 from rayfleet.storage.lease import Lease
 from rayfleet.storage.uri import parse_uri
-from rayfleet.tune import results
+from rayfleet.tune import results, tracking
 from rayfleet.tune.replay import Launch, plan_fresh, plan_resume
 from rayfleet.tune.search import param_space, scheduler, search_alg
 from rayfleet.tune.space import PreparedSweep
@@ -204,6 +204,7 @@ def run_sweep(
             raise WorkFailedError(f"sweep {prep.sweep.name} ran no trials; see --verbose")
         best = results.promote_best(prep.uri, table, lambda tid: trial_run_uri(prep.uri, tid))
     finally:
+        tracking.finish(prep)  # the MLflow parent run, when tracked
         lease.release()
     return SweepResult(table=table, best=best, elapsed_s=time.monotonic() - started)
 
@@ -270,7 +271,7 @@ def _fit(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, ver
                 storage_path=prep.uri.join(TUNE_DIR).fs_path,
                 storage_filesystem=filesystem_for(prep.uri),
                 failure_config=tune.FailureConfig(max_failures=spec.max_trial_failures),
-                callbacks=[TableCallback(prep, launch)],
+                callbacks=[TableCallback(prep, launch), *tracking.callbacks(prep, launch.number)],
                 verbose=0,
             ),
         )

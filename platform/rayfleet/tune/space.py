@@ -33,7 +33,8 @@ class PreparedSweep:
 
     @property
     def epochs(self) -> int:
-        return self.base.spec.run.epochs
+        """Epochs a trial runs in full (run.epochs, or a user loop's model.config.epochs)."""
+        return self.base.epochs_planned()
 
 
 def prepare(sweep: SweepJob, *, source_dir: Path) -> PreparedSweep:
@@ -165,7 +166,7 @@ def _check_metric(sweep: SweepJob, base: TrainJob) -> None:
 
 def _check_scheduler(sweep: SweepJob, base: TrainJob) -> None:
     scheduler = sweep.spec.scheduler
-    epochs = base.spec.run.epochs
+    epochs = base.epochs_planned()
     if scheduler.type != "fifo" and scheduler.grace_period >= epochs:
         raise SpecError(
             f"sweep {sweep.name}: spec.scheduler.gracePeriod: {scheduler.grace_period} leaves "

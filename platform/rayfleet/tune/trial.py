@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from rayfleet.specs import TrainJob, parse_spec
-from rayfleet.storage.checkpoints import newest_verified
+from rayfleet.storage.checkpoints import CheckpointRef, newest_verified
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.tune.space import trial_doc
@@ -45,17 +45,26 @@ def trial_name(trial_id: str) -> str:
     return "trial-" + trial_id.replace("_", "-").lower()
 
 
-def _report_callback():
+def _report_callback(next_epoch: int):
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from rayfleet.train.reporting import report_epoch
+
     class EpochReport(TuneReportCallback):
-        """Tune's forwarding callback, plus the epochs the run has completed."""
+        """Tune's forwarding callback, plus the epochs the run has completed (a plain Ray
+        Train loop that reports no `epoch` counts its reports, from the resumed epoch)."""
+
+        def __init__(self, next_epoch: int):
+            super().__init__()
+            self.next_epoch = next_epoch
 
         def after_report(self, run_context, metrics, checkpoint):
-            first = {**metrics[0], EPOCHS_DONE: int(metrics[0]["epoch"]) + 1}
+            epoch = report_epoch(metrics[0], self.next_epoch)
+            self.next_epoch = epoch + 1
+            first = {**metrics[0], EPOCHS_DONE: epoch + 1}
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
-    return EpochReport()
+    return EpochReport(next_epoch)
 
 
 def run_trial(
@@ -72,28 +81,36 @@ def run_trial(
     assert isinstance(job, TrainJob)
     run_uri = trial_run_uri(parse_uri(sweep_uri), trial_id)
 
-    if _report_finished(job, run_uri):
+    ref, _ = newest_verified(filesystem_for(run_uri), run_uri.fs_path)
+    if _report_finished(job, ref):
         return
 
     def log(event: dict[str, Any]) -> None:
         print(f"[{trial_id}] {event.get('message', event)}", flush=True)
 
+    next_epoch = ref.epoch + 1 if ref is not None else 0
     _, error = fit_with_retries(
         job,
-        lambda: build_trainer(job, None, sys_path, run_uri=run_uri, callbacks=[_report_callback()]),
+        lambda: build_trainer(
+            job,
+            None,
+            sys_path,
+            run_uri=run_uri,
+            callbacks=[_report_callback(next_epoch)],
+            next_epoch=next_epoch,
+        ),
         log,
     )
     if error is not None:
         raise error
 
 
-def _report_finished(job: TrainJob, run_uri: StorageURI) -> bool:
-    """If this trial's run already completed every epoch, report its result and say so."""
+def _report_finished(job: TrainJob, ref: CheckpointRef | None) -> bool:
+    """If this trial's run (newest verified checkpoint `ref`) already completed every epoch,
+    report its result and say so."""
     from ray import tune
 
-    fs = filesystem_for(run_uri)
-    ref, _ = newest_verified(fs, run_uri.fs_path)
-    if ref is None or ref.epoch + 1 < job.spec.run.epochs:
+    if ref is None or ref.epoch + 1 < job.epochs_planned():
         return False
     metrics = dict(ref.meta.get("metrics", {}))
     tune.report({**metrics, EPOCHS_DONE: ref.epoch + 1, CHECKPOINT_KEY: ref.path})

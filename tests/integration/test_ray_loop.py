@@ -1,0 +1,136 @@
+"""A loop written only against Ray Train's public API (jobs/ray-loop/digits_loop.py), run by
+rayfleet unchanged: progress and the run record show what it reports, its checkpoints get
+manifests after Ray Train persists them, and `ray.train.get_checkpoint()` hands it the newest
+verified one after a worker restart or in a later run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from rayfleet import record
+from rayfleet.specs import load_spec
+from rayfleet.storage.checkpoints import MANIFEST, UNKNOWN_EPOCH, list_checkpoints, verify
+from rayfleet.storage.filesystem import filesystem_for, read_bytes
+from rayfleet.train.launcher import run_train_job
+
+from ..conftest import BUCKET, REPO
+from .test_train import Events
+
+pytestmark = pytest.mark.integration
+SPEC = REPO / "jobs" / "ray-loop" / "train.yaml"
+EPOCHS = 4
+
+
+def _job(name, *overrides):
+    return load_spec(SPEC, [f"metadata.name={name}", f"spec.storage=s3://{BUCKET}", *overrides])
+
+
+def _run(job, events=None):
+    return run_train_job(job, on_event=events, sys_path=[str(SPEC.parent)])
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local):
+    events = Events()
+    return _run(_job("loop-ref"), events), events
+
+
+def test_plain_loop_reports_every_metric_and_gets_verified_checkpoints(reference):
+    result, events = reference
+    assert sorted(events.epochs()) == list(range(EPOCHS))
+    for epoch, metrics in events.epochs().items():
+        assert {"train_loss", "val_accuracy"} <= set(metrics), metrics
+        assert metrics["epoch"] == epoch
+    assert result.epoch == EPOCHS - 1 and result.metrics == events.epochs()[EPOCHS - 1]
+    assert result.metrics["val_accuracy"] >= 0.9, result.metrics
+
+    fs = filesystem_for(_job("loop-ref").run_uri())
+    run_path = f"{BUCKET}/runs/loop-ref"
+    checkpoints = list_checkpoints(fs, run_path)
+    assert len(checkpoints) == 3  # spec.checkpoint.keep
+    assert all(epoch == UNKNOWN_EPOCH for epoch, _ in checkpoints)  # Ray's own names
+    assert all(verify(fs, path).ok for _, path in checkpoints)
+    assert result.checkpoint_uri == f"s3://{checkpoints[0][1]}"
+    assert b'"specHash"' in read_bytes(fs, f"{checkpoints[0][1]}/{MANIFEST}")
+
+    doc = record.read(fs, _job("loop-ref").run_uri())
+    assert doc["status"] == "SUCCEEDED"
+    assert [e["epoch"] for e in doc["epochs"]] == list(range(EPOCHS))
+    assert doc["epochs"][-1]["metrics"]["val_accuracy"] == result.metrics["val_accuracy"]
+
+
+def test_killed_worker_resumes_the_plain_loop_with_identical_metrics(reference):
+    def kill_rank1_after_epoch_1(ev, event):
+        if event["type"] == "epoch" and event["epoch"] == 1 and not getattr(ev, "killed", 0):
+            ev.killed = 1
+            os.kill(ev.pids[1], signal.SIGKILL)
+
+    events = Events(kill_rank1_after_epoch_1)
+    result = _run(_job("loop-killed"), events)
+    assert getattr(events, "killed", 0) == 1
+    assert any(m.startswith("resuming from checkpoint_") for m in events.logs()), events.logs()
+    assert result.metrics == reference[0].metrics
+
+
+def test_more_epochs_continue_from_the_newest_verified_checkpoint(reference):
+    """A second run with more epochs continues (it does not start over) from the newest
+    checkpoint that verifies: the newest one, truncated here, is skipped with why."""
+    job = _job("loop-ref", f"spec.model.config.epochs={EPOCHS + 1}")
+    fs = filesystem_for(job.run_uri())
+    (_, newest), *_ = list_checkpoints(fs, job.run_uri().fs_path)
+    with fs.open_output_stream(f"{newest}/model.pt") as f:  # truncate the last epoch's weights
+        f.write(b"truncated")
+    events = Events()
+    result = _run(job, events)
+    logs = events.logs()
+    assert any(m.startswith(f"skipped {newest.rsplit('/', 1)[-1]}: model.pt has 9") for m in logs)
+    assert sorted(events.epochs()) == [EPOCHS - 1, EPOCHS]  # from the epoch-2 checkpoint
+    assert events.epochs()[EPOCHS - 1] == reference[1].epochs()[EPOCHS - 1]
+    assert result.epoch == EPOCHS
+
+
+def test_a_loop_that_reports_no_checkpoint_succeeds_and_says_so(ray_local):
+    events = Events()
+    job = _job(
+        "loop-nockpt",
+        "spec.model.config.checkpoint=false",
+        "spec.model.config.epochs=1",
+        "spec.scaling.numWorkers=1",
+    )
+    result = _run(job, events)
+    assert result.checkpoint_uri is None and result.epoch == 0
+    assert set(result.metrics) >= {"train_loss", "val_accuracy"}
+    assert "no checkpoint reported: nothing to resume from" in events.logs()
+
+
+@pytest.mark.slow  # ~70 s; the sweep path is the one test_sweep.py covers, with one hook more
+def test_a_sweep_over_the_plain_loop_optimises_what_it_reports(s3):
+    """jobs/ray-loop/sweep.yaml through the CLI (its own embedded Ray): the loop's own
+    val_accuracy is the sweep metric and best.json names a verified checkpoint holding it."""
+    import subprocess
+    import sys
+
+    from rayfleet.storage.uri import parse_uri
+    from rayfleet.tune import results
+
+    env = {**os.environ, "RAYFLEET_STORAGE": f"s3://{BUCKET}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rayfleet", "sweep", str(SPEC.parent / "sweep.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = parse_uri(f"s3://{BUCKET}/sweeps/ray-loop-sweep")
+    table, best = results.require_results(sweep, "ray-loop-sweep")
+    assert [t.state for t in table.trials] == ["DONE", "DONE"]
+    assert all(t.epochs_done == 2 and t.value is not None for t in table.trials), table
+    check = verify(filesystem_for(sweep), parse_uri(best.checkpoint).fs_path)
+    assert check.ok, check.reason
+    assert check.manifest["meta"]["metrics"]["val_accuracy"] == best.value
+    assert best.value == max(t.value for t in table.trials)
