@@ -33,7 +33,11 @@ def ray_local(s3):
     from rayfleet.embedded import EMBEDDED_RAY_CONFIG
 
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=EMBEDDED_RAY_CONFIG
+        address="local",  # never a `ray start` head another test runs
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config=EMBEDDED_RAY_CONFIG,
     )
     yield
     ray.shutdown()

@@ -51,7 +51,11 @@ def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
         port = free_port()
         os.environ[_API_SERVER_ENV] = f"http://127.0.0.1:{port}"
         common.update(dashboard_host="127.0.0.1", dashboard_port=port)
+    # address="local": a new instance, always. Without it ray.init() connects to whatever
+    # `ray start` cluster /tmp/ray/ray_current_cluster names (even a stale one), so a run
+    # next to a test head or a teammate's cluster would join it, or fail to.
     ray.init(
+        address="local",
         num_cpus=os.cpu_count(),
         include_dashboard=dashboard,
         _system_config=EMBEDDED_RAY_CONFIG,
