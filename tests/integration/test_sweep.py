@@ -78,10 +78,13 @@ def _checkpoints(name, trial_id):
     return [path for _, path in list_checkpoints(filesystem_for(uri), uri.fs_path)]
 
 
+@pytest.mark.security
 def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_path):
     """One sweep covers the sweep contract (it is the slowest thing CI runs): ASHA stops poor
     trials early; the driver SIGKILLed mid-sweep and resumed reruns no finished trial and
-    trains no epoch twice; best.json names a verified checkpoint holding the best metric."""
+    trains no epoch twice; best.json names a verified checkpoint holding the best metric.
+    Before the resume, crafted pickles are planted in the sweep's storage (issue 12): the
+    resume must not unpickle any of them."""
     name = "sweep-digits"
     spec = _write_sweep(tmp_path, name)
     proc = _sweep(spec)
@@ -102,8 +105,11 @@ def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_
     table = results.read_table(_uri(name))
     done_before = {t.trial_id: _checkpoints(name, t.trial_id) for t in finished}
     assert all(done_before.values())
+    marker = tmp_path / "planted-pickle-ran"
+    assert _plant_pickles(name, marker)
 
     _finish(_sweep(spec, "--resume"))
+    assert not marker.exists(), "a pickle planted in the sweep's storage was unpickled"
     table, best = results.require_results(_uri(name), name)
     ids = [t.trial_id for t in table.trials]
     assert len(ids) == len(set(ids)) == SAMPLES
@@ -173,11 +179,13 @@ def _plant_pickles(name: str, marker: Path) -> list[str]:
 
 
 @pytest.mark.security
+@pytest.mark.slow  # ~100 s; the default run plants the same pickles before the kill test's resume
 def test_resume_never_unpickles_what_storage_holds(s3, digits_uri, tmp_path):
     """Issue 12: `sweep --resume` must not run a crafted pickle planted in the sweep's storage
     (Tune's tuner.pkl, searcher state, trial params). The resume continues from trials.json
-    and verified checkpoints: the interrupted trial is not trained again, the trial still
-    missing is sampled, and best.json verifies."""
+    and verified checkpoints: a trial the table still calls RUNNING although all its epochs
+    are checkpointed is not trained again, the trial still missing is sampled, and best.json
+    verifies."""
     name = "sweep-planted"
     first = _write_sweep(tmp_path, name, samples=2, epochs=2, scheduler={"type": "fifo"})
     _finish(_sweep(first))

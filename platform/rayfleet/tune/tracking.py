@@ -2,10 +2,11 @@
 
 Both are driver-side Tune callbacks (trials never write either):
 
-- `TrialRecords` keeps a run record per trial at `<sweep>/<trial_id>/train/record.json`
+- `SweepRecorder` keeps a run record per trial at `<sweep>/<trial_id>/train/record.json`
   (`rayfleet.record`): the trial's TrainJob, each epoch's metrics as Tune receives them, and
   its end (SUCCEEDED, STOPPED by the scheduler, FAILED). `rayfleet plot --sweep` draws the
-  trials' curves from these, with no cluster and no MLflow.
+  trials' curves from these, with no cluster and no MLflow. The updates go through a
+  `BackgroundWriter`: Tune schedules every trial from the thread that calls its callbacks.
 - `MlflowSweep`, when tracking is configured (the SweepJob's `spec.tracking`, else the
   TrainJob's, else $MLFLOW_TRACKING_URI): one parent run per sweep launch (the sweep spec as
   params) with one child run per trial (its resolved TrainJob as params, per-epoch metrics,
@@ -26,6 +27,7 @@ from ray.tune import Callback
 from rayfleet import record, tracking
 from rayfleet.errors import StorageError
 from rayfleet.specs import TrainJob, parse_spec
+from rayfleet.storage.background import BackgroundWriter
 from rayfleet.storage.checkpoints import newest_verified
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
@@ -60,6 +62,7 @@ class _Live:
         self.prep, self.tracker, self.launch = prep, tracker, launch
         self.jobs: dict[str, TrainJob] = {}
         self.epochs: dict[str, int] = {}
+        self.records = BackgroundWriter("rayfleet-trial-records")
 
 
 _LIVE: dict[str, _Live] = {}
@@ -92,7 +95,10 @@ def callbacks(prep: PreparedSweep, launch_number: int) -> list[Callback]:
 def finish(prep: PreparedSweep) -> None:
     """End the sweep's parent run: its table and best trial attached, status from the table."""
     live = _LIVE.pop(str(prep.uri), None)
-    if live is None or live.tracker is None:
+    if live is None:
+        return
+    live.records.close()
+    if live.tracker is None:
         return
     tracker = live.tracker
     try:
@@ -178,6 +184,10 @@ class SweepRecorder(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial, error=None)
 
+    def on_experiment_end(self, trials, **info):
+        if (live := self._live()) is not None:
+            live.records.close()  # every trial record written before the driver moves on
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial, error=trial.error_file or "trial failed")
 
@@ -217,7 +227,7 @@ class SweepRecorder(Callback):
     @staticmethod
     def _record(live: _Live, trial_id: str, change) -> None:
         uri: StorageURI = trial_run_uri(parse_uri(str(live.prep.uri)), trial_id)
-        try:
-            change(filesystem_for(uri), uri)
-        except (OSError, StorageError) as exc:
-            log.warning("trial %s: could not update its run record: %s", trial_id, exc)
+        live.records.submit(
+            f"trial {trial_id}: could not update its run record",
+            lambda: change(filesystem_for(uri), uri),
+        )
