@@ -118,33 +118,29 @@ def import_images(
             "val": rows_per_file(val_rows, max(1, shards // 2) if shards else None),
         }
     )
-    try:
-        split = StratifiedSplit(class_counts, options.val_fraction, options.seed)
-        moments = Moments(channels)
-        jobs = [(path, i) for i, c in enumerate(names) for path in classes[c]]
-        for start in range(0, len(jobs), CHUNK):
-            chunk = jobs[start : start + CHUNK]
-            x = np.empty((len(chunk), channels, height, width), dtype=np.float32)
-            for row, (path, _) in enumerate(chunk):
-                image = _open(fs, path, str(root.at(path))).convert(mode)
-                if image.size != (width, height):
-                    image = image.resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(image, dtype=np.float32) / 255.0
-                x[row] = pixels.reshape(height, width, channels).transpose(2, 0, 1)
-            labels = np.array([label for _, label in chunk], dtype=np.int64)
-            is_val = split.assign(labels)
-            train = x[~is_val]
-            if len(train):
-                mean = train.mean(axis=(0, 2, 3), dtype=np.float64)
-                m2 = ((train - mean[None, :, None, None].astype(np.float32)) ** 2).sum(
-                    axis=(0, 2, 3), dtype=np.float64
-                )
-                moments.add_counted(len(train) * height * width, mean, m2)
-            staging.write("train", train, labels[~is_val])
-            staging.write("val", x[is_val], labels[is_val])
-    except BaseException:
-        staging.discard()
-        raise
+    split = StratifiedSplit(class_counts, options.val_fraction, options.seed)
+    moments = Moments(channels)
+    jobs = [(path, i) for i, c in enumerate(names) for path in classes[c]]
+    for start in range(0, len(jobs), CHUNK):
+        chunk = jobs[start : start + CHUNK]
+        x = np.empty((len(chunk), channels, height, width), dtype=np.float32)
+        for row, (path, _) in enumerate(chunk):
+            image = _open(fs, path, str(root.at(path))).convert(mode)
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+            x[row] = pixels.reshape(height, width, channels).transpose(2, 0, 1)
+        labels = np.array([label for _, label in chunk], dtype=np.int64)
+        is_val = split.assign(labels)
+        train = x[~is_val]
+        if len(train):
+            mean = train.mean(axis=(0, 2, 3), dtype=np.float64)
+            m2 = ((train - mean[None, :, None, None].astype(np.float32)) ** 2).sum(
+                axis=(0, 2, 3), dtype=np.float64
+            )
+            moments.add_counted(len(train) * height * width, mean, m2)
+        staging.write("train", train, labels[~is_val])
+        staging.write("val", x[is_val], labels[is_val])
     info = DatasetInfo(
         name=name,
         kind="image",

@@ -111,8 +111,12 @@ def import_source(source: str, dest: StorageURI, options: ImportOptions) -> Data
     created = fs.get_file_info(dest.fs_path).type == pafs.FileType.NotFound
     name = options.name or _default_name(source)
 
+    # Opened by the importer once it knows the row counts; discarded here, whatever failed.
+    staged: list[Staging] = []
+
     def staging_for(rows_per_file: dict[str, int]) -> Staging:
-        return Staging(fs, dest, rows_per_file)
+        staged.append(Staging(fs, dest, rows_per_file))
+        return staged[-1]
 
     try:
         preflight(dest)  # writable (bucket, credentials) before reading the whole source
@@ -144,13 +148,11 @@ def import_source(source: str, dest: StorageURI, options: ImportOptions) -> Data
             )
             images_fs = filesystem_for(located)
             info, staging = import_images(images_fs, located, staging_for, name, image_options)
-        try:
-            staging.publish(info)
-        except BaseException:
-            staging.discard()
-            raise
+        staging.publish(info)
         return info
     except BaseException:
+        for staging in staged:
+            staging.discard()
         if created and fs.get_file_info(dest.fs_path).type == pafs.FileType.Directory:
             fs.delete_dir(dest.fs_path)
         raise

@@ -236,24 +236,21 @@ def import_table(
             "val": _rows_per_file(val_rows, width * 8, max(1, shards // 2) if shards else None),
         }
     )
-    try:  # last pass: split, write, statistics
-        split = StratifiedSplit(class_counts, options.val_fraction, options.seed)
-        moments = Moments(width)
-        for batch in _batches(dataset, columns, source):
-            ids = class_ids(batch)
-            is_val = split.assign(ids)
-            if is_text:
-                x = text_ids.encode(
-                    text_ids.tokenize(batch.column(options.text)), vocab_array, options.max_length
-                )
-            else:
-                x = _features(batch, features, source)
-                moments.add(x[~is_val])
-            staging.write("train", x[~is_val], ids[~is_val])
-            staging.write("val", x[is_val], ids[is_val])
-    except BaseException:
-        staging.discard()
-        raise
+    # last pass: split, write, statistics
+    split = StratifiedSplit(class_counts, options.val_fraction, options.seed)
+    moments = Moments(width)
+    for batch in _batches(dataset, columns, source):
+        ids = class_ids(batch)
+        is_val = split.assign(ids)
+        if is_text:
+            x = text_ids.encode(
+                text_ids.tokenize(batch.column(options.text)), vocab_array, options.max_length
+            )
+        else:
+            x = _features(batch, features, source)
+            moments.add(x[~is_val])
+        staging.write("train", x[~is_val], ids[~is_val])
+        staging.write("val", x[is_val], ids[is_val])
     info = DatasetInfo(
         name=name,
         kind="text" if is_text else "table",
