@@ -36,49 +36,59 @@ class Recipe:
 
 _CLASSIFIER_METRICS = ("train_loss", "val_loss", "val_accuracy")
 
+
+def _builtin(
+    module: str,
+    summary: str,
+    *,
+    config_keys: tuple[str, ...],
+    dataset_kinds: tuple[str, ...] = (),
+    metrics: tuple[str, ...] = _CLASSIFIER_METRICS,
+    feature_shape: tuple[int, ...] = (),
+) -> Recipe:
+    """A recipe of this package: `module` defines `train_loop` and `build_model`."""
+    path = f"rayfleet.train.recipes.{module}"
+    return Recipe(
+        f"{path}:train_loop",
+        needs_dataset=bool(dataset_kinds),
+        summary=summary,
+        model_builder=f"{path}:build_model",
+        config_keys=config_keys,
+        metrics=metrics,
+        dataset_kinds=dataset_kinds,
+        feature_shape=feature_shape,
+    )
+
+
 RECIPES: dict[str, Recipe] = {
-    "digits-cnn": Recipe(
-        "rayfleet.train.recipes.digits:train_loop",
-        needs_dataset=True,
-        model_builder="rayfleet.train.recipes.digits:build_model",
-        summary="small CNN on 8x8 handwritten digits (the quickstart)",
+    "digits-cnn": _builtin(
+        "digits",
+        "small CNN on 8x8 handwritten digits (the quickstart)",
         config_keys=("channels", "hidden", "dropout"),
-        metrics=_CLASSIFIER_METRICS,
         dataset_kinds=("image",),
         feature_shape=(1, 8, 8),
     ),
-    "image-cnn": Recipe(
-        "rayfleet.train.recipes.image_cnn:train_loop",
-        needs_dataset=True,
-        model_builder="rayfleet.train.recipes.image_cnn:build_model",
-        summary="small ResNet (BatchNorm, global pooling) on any C x H x W image dataset",
+    "image-cnn": _builtin(
+        "image_cnn",
+        "small ResNet (BatchNorm, global pooling) on any C x H x W image dataset",
         config_keys=("width", "stages", "dropout", "flip", "pad"),
-        metrics=_CLASSIFIER_METRICS,
         dataset_kinds=("image",),
     ),
-    "text-lstm": Recipe(
-        "rayfleet.train.recipes.text_lstm:train_loop",
-        needs_dataset=True,
-        model_builder="rayfleet.train.recipes.text_lstm:build_model",
-        summary="embedding + LSTM classifier over an imported text dataset's vocabulary",
+    "text-lstm": _builtin(
+        "text_lstm",
+        "embedding + LSTM classifier over an imported text dataset's vocabulary",
         config_keys=("embed", "hidden", "layers", "bidirectional", "dropout"),
-        metrics=_CLASSIFIER_METRICS,
         dataset_kinds=("text",),
     ),
-    "tabular-mlp": Recipe(
-        "rayfleet.train.recipes.tabular_mlp:train_loop",
-        needs_dataset=True,
-        model_builder="rayfleet.train.recipes.tabular_mlp:build_model",
-        summary="MLP on the normalized feature columns of an imported table",
+    "tabular-mlp": _builtin(
+        "tabular_mlp",
+        "MLP on the normalized feature columns of an imported table",
         config_keys=("hidden", "layers", "dropout"),
-        metrics=_CLASSIFIER_METRICS,
         dataset_kinds=("table",),
     ),
-    "synthetic-mlp": Recipe(
-        "rayfleet.train.recipes.synthetic:train_loop",
-        needs_dataset=False,
-        model_builder="rayfleet.train.recipes.synthetic:build_model",
-        summary="784-1024-1024-10 MLP on generated tensors (benchmarks)",
+    "synthetic-mlp": _builtin(
+        "synthetic",
+        "784-1024-1024-10 MLP on generated tensors (benchmarks)",
         config_keys=("inputs", "hidden", "layers", "classes", "steps", "warmupSteps"),
         metrics=("loss", "steps_per_sec", "samples_per_sec", "model_flops_per_step"),
     ),
