@@ -8,7 +8,8 @@ Two steps, run in two places:
    checkpoint, so a checkpoint written mid-rollout can't give replicas different models.
 2. `load_model` (each replica): copy the checkpoint locally, verify the copy, rebuild the
    recipe's model from the manifest and load the weights with `torch.load(weights_only=True)`
-   so a checkpoint can carry tensors, never code.
+   so a checkpoint can carry tensors, never code. A checkpoint `rayfleet compress` wrote
+   (int8 or fp16, meta "compression") gets the same transformation before its weights load.
 
 The loader opens only files the verified manifest lists. Verification checks the files the
 manifest names, so a file it does not name (a `state.pt` dropped into the folder after the
@@ -27,11 +28,13 @@ import importlib
 import json
 import pickle
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rayfleet.compress.lineage import compression_of
 from rayfleet.errors import BadInputError, CheckpointError, StorageError
 from rayfleet.storage.checkpoints import MANIFEST, download_verified, newest_verified, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
@@ -271,51 +274,92 @@ def _load_reason(exc: BaseException) -> str:
     return lines[0][:200] if lines else type(exc).__name__
 
 
+def _load_compressed(module, weights: dict, compression, signature: Signature, uri: str):
+    """The recipe's `module` restructured as `rayfleet compress` left it, with `weights`."""
+    import torch
+
+    from rayfleet.compress import transform
+
+    example = torch.zeros((1, *signature.shape), dtype=getattr(torch, signature.dtype))
+    try:
+        module = transform.restructure(module, compression, example)
+    except BadInputError as exc:
+        raise ModelLoadError(f"checkpoint {uri}: {exc}") from None
+    transform.load_weights(module, weights)
+    return module
+
+
+def fetch_verified(uri: StorageURI, local_dir: str | Path) -> dict[str, Any]:
+    """Copy a checkpoint to `local_dir` and verify the copy; its manifest, or ModelLoadError."""
+    try:
+        return download_verified(filesystem_for(uri), uri.fs_path, local_dir)
+    except CheckpointError as exc:
+        raise ModelLoadError(f"{exc}; refusing to serve it") from None
+    except FileNotFoundError:
+        raise ModelLoadError(f"checkpoint {uri}: not found") from None
+
+
 def load_model(
     uri: StorageURI | str, *, name: str, device: str = "cpu", work_dir: str | None = None
 ) -> LoadedModel:
     """Copy, verify and load a checkpoint. Raises ModelLoadError for anything unservable."""
-    import torch
-
     uri = parse_uri(uri) if isinstance(uri, str) else uri
     with tempfile.TemporaryDirectory(prefix="rayfleet-model-", dir=work_dir) as tmp:
-        try:
-            manifest = download_verified(filesystem_for(uri), uri.fs_path, tmp)
-        except CheckpointError as exc:
-            raise ModelLoadError(f"{exc}; refusing to serve it") from None
-        except FileNotFoundError:
-            raise ModelLoadError(f"checkpoint {uri}: not found") from None
-        meta = manifest.get("meta", {})
-        signature_from_meta(meta, str(uri))
-        require_listed(manifest, STATE_FILE, str(uri))
-        state_path = Path(tmp) / STATE_FILE
-        if not state_path.is_file():
-            raise ModelLoadError(f"checkpoint {uri}: has no {STATE_FILE}; it is not servable")
-        try:
-            # weights_only: tensors and plain containers only; a pickled object that would run
-            # code on load is rejected here.
+        manifest = fetch_verified(uri, tmp)
+        return load_verified(Path(tmp), manifest, str(uri), name=name, device=device)
+
+
+def load_verified(
+    folder: Path, manifest: dict[str, Any], uri: str, *, name: str, device: str = "cpu"
+) -> LoadedModel:
+    """The model in a local checkpoint copy whose `manifest` was just verified (`uri` names
+    it in messages). A compressed checkpoint (meta "compression") is rebuilt from its recipe,
+    given the same transformation, and only then gets its stored weights."""
+    import torch
+
+    meta = manifest.get("meta", {})
+    signature = signature_from_meta(meta, uri)
+    try:
+        compression = compression_of(meta, uri)
+    except BadInputError as exc:
+        raise ModelLoadError(str(exc)) from None
+    require_listed(manifest, STATE_FILE, uri)
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        raise ModelLoadError(f"checkpoint {uri}: has no {STATE_FILE}; it is not servable")
+    try:
+        # weights_only: tensors and plain containers only; a pickled object that would run
+        # code on load is rejected here.
+        with warnings.catch_warnings():  # int8 weights trip torch's own deprecation notices
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            warnings.filterwarnings("ignore", message="torch.quantize_per_tensor")
             state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except (
-            pickle.UnpicklingError,
-            RuntimeError,
-            EOFError,
-            ValueError,
-            zipfile.BadZipFile,
-        ) as e:
-            raise ModelLoadError(
-                f"checkpoint {uri}: {STATE_FILE} is refused by torch.load(weights_only=True): "
-                f"{_load_reason(e)}; it is not served"
-            ) from None
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        zipfile.BadZipFile,
+    ) as e:
+        raise ModelLoadError(
+            f"checkpoint {uri}: {STATE_FILE} is refused by torch.load(weights_only=True): "
+            f"{_load_reason(e)}; it is not served"
+        ) from None
     weights = state.get("model") if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         raise ModelLoadError(f"checkpoint {uri}: {STATE_FILE} holds no 'model' state dict")
     module = _builder(meta["recipe"])(meta.get("model_config") or {})
     try:
-        module.load_state_dict(weights)
-    except RuntimeError as exc:
+        if compression is None:
+            module.load_state_dict(weights)
+        else:
+            module = _load_compressed(module, weights, compression, signature, uri)
+    # KeyError: torch's int8 layers pop the keys they expect without checking for them.
+    except (RuntimeError, KeyError) as exc:
+        how = f" compressed with {compression.method}" if compression else ""
         raise ModelLoadError(
-            f"checkpoint {uri}: weights do not fit recipe {meta['recipe']} with config "
+            f"checkpoint {uri}: weights do not fit recipe {meta['recipe']}{how} with config "
             f"{meta.get('model_config')}: {str(exc).splitlines()[0][:200]}"
         ) from None
     module.to(device).eval()
-    return LoadedModel(name, str(uri), meta, module, device)
+    return LoadedModel(name, uri, meta, module, device)

@@ -1,0 +1,7 @@
+"""`rayfleet compress`: smaller checkpoints of a trained run that serve like any other.
+
+- `methods`: which methods exist and which layers each one rewrites (pure; no torch).
+- `lineage`: the document a compressed checkpoint's manifest carries (source, sha256, method).
+- `transform`: the torch side, applying a method to a model and rebuilding its structure.
+- `job`: resolve the source, compress, evaluate and write the new verified checkpoint.
+"""
