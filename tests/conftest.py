@@ -7,6 +7,7 @@ as pods inherit them from the chart on a cluster.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,49 @@ def digits_uri(s3):
     uri = parse_uri(f"s3://{BUCKET}/datasets/digits")
     import_digits(uri)
     return uri
+
+
+DIGITS_RUN = "digits-2ep"
+DIGITS_EXPERIMENT = "tests-digits"
+MLFLOW_FILE_STORE = {"MLFLOW_ALLOW_FILE_STORE": "true"}
+"""MLflow's file store: a real tracking backend with no server to start (MLflow 3 keeps it
+behind this switch)."""
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    result: object  # rayfleet.train.launcher.RunResult
+    tracking_uri: str
+
+
+@pytest.fixture(scope="session")
+def digits_run(ray_local, digits_uri, tmp_path_factory) -> TrainedRun:
+    """One short digits run (1 worker, 2 epochs: two verified checkpoints under
+    s3://BUCKET/runs/DIGITS_RUN, tracked to an MLflow file store) for every test that needs a
+    trained model and leaves the run as it is: serving, gRPC, evaluation, compression and
+    rollouts. A Ray Train run costs ~45 s on the 2-core VM; once a session, not once a module.
+    """
+    from rayfleet.specs import load_spec
+    from rayfleet.train.launcher import run_train_job
+
+    tracking = f"file://{tmp_path_factory.mktemp('mlruns')}"
+    saved = {key: os.environ.get(key) for key in MLFLOW_FILE_STORE}
+    os.environ.update(MLFLOW_FILE_STORE)
+    try:
+        job = load_spec(
+            REPO / "jobs" / "digits" / "train.yaml",
+            [f"metadata.name={DIGITS_RUN}", f"spec.storage=s3://{BUCKET}",
+             "spec.run.epochs=2", "spec.scaling.numWorkers=1",
+             f"spec.tracking.mlflow.uri={tracking}",
+             f"spec.tracking.mlflow.experiment={DIGITS_EXPERIMENT}"],
+        )  # fmt: skip
+        return TrainedRun(run_train_job(job), tracking)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

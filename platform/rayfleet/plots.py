@@ -179,3 +179,86 @@ def save(fig, out: Path) -> Path:
     fig.savefig(out, format="png", dpi=110)
     plt.close(fig)
     return out
+
+
+# ------------------------------------------------------------------ an evaluation's figures
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str], *, title: str):
+    """A confusion matrix: true class down, predicted across, each cell's count written in
+    it and shaded by the share of its row (so a small class's errors show as clearly as a
+    big one's)."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=np.int64)
+    k = len(class_names)
+    if counts.shape != (k, k):
+        raise ValueError(f"confusion matrix is shaped {counts.shape} for {k} classes")
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    side = min(12.0, 2.5 + 0.55 * k)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    colour = "white" if share[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour,
+                            fontsize=8 if k > 12 else 10)  # fmt: skip
+    ax.set_xticks(range(k), list(class_names), rotation=45 if k > 10 else 0, ha="right")
+    ax.set_yticks(range(k), list(class_names))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(curves: Sequence[Any], *, title: str):
+    """ROC curves (objects with name, fpr, tpr, auc): one per class, one-vs-rest, or the
+    positive class alone for a binary model; the diagonal is a random guess. A good model's
+    curves all hug the top-left corner, so a second panel shows that corner enlarged."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, (full, corner) = plt.subplots(1, 2, figsize=(11.5, 5.4))
+    cmap = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
+    corner_fpr = 0.1
+    lowest = 1.0  # the lowest true positive rate of any curve a tenth of the way in
+    for i, curve in enumerate(curves):
+        colour = cmap(i % cmap.N)
+        label = f"{curve.name} (AUC {curve.auc:.3f})"
+        for ax in (full, corner):
+            ax.plot(curve.fpr, curve.tpr, color=colour, linewidth=1.4, label=label)
+        lowest = min(lowest, float(np.interp(corner_fpr / 10, curve.fpr, curve.tpr)))
+    for ax in (full, corner):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="random")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.grid(alpha=0.3)
+    full.set_xlim(-0.01, 1.01)
+    full.set_ylim(-0.01, 1.01)
+    full.set_title("ROC, one-vs-rest" if len(curves) > 1 else "ROC")
+    bottom = max(0.0, math.floor(lowest * 20 - 0.5) / 20)  # a multiple of 0.05 below it
+    corner.set_xlim(0.0, corner_fpr)
+    corner.set_ylim(bottom, 1.0 + (1.0 - bottom) * 0.02)
+    corner.set_title(f"top-left corner (false positive rate <= {corner_fpr})")
+    corner.legend(fontsize=7 if len(curves) > 10 else 8, loc="lower right",
+                  ncol=2 if len(curves) > 12 else 1)  # fmt: skip
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (for storage that is not a local path); closes it."""
+    import io
+
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -23,7 +23,7 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -450,11 +450,13 @@ def attach(
     *,
     spec: TrackingSpec | None = None,
     metrics: Mapping[str, Any] | None = None,
+    files: Sequence[str | os.PathLike] = (),
 ) -> bool:
     """Attach a result about a run (an evaluation, a compression) to that run's newest MLflow
     run, found by its `rayfleet.run_uri` tag (a sweep trial's run URI or a TrainJob's): `doc`
-    as the artifact `path`, `metrics` as metrics. False when tracking is off or no such run
-    was tracked; like all tracking, it never raises for MLflow's sake."""
+    as the artifact `path`, `metrics` as metrics, local `files` (plots) as artifacts. False
+    when tracking is off or no such run was tracked; like all tracking, it never raises for
+    MLflow's sake."""
     target = target_for(spec)
     if target is None:
         return False
@@ -476,5 +478,8 @@ def attach(
     tracker.log_dict("target", dict(doc), path)
     if metrics:
         tracker.log_metrics("target", numeric(metrics), 0)
+    for file in files:
+        upload = lambda c, runs, f=str(file): c.log_artifact(runs["target"], f)  # noqa: E731
+        tracker._for_run("target", f"log {file}", upload)
     tracker.close()
     return bool(found)

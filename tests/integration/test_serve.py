@@ -27,12 +27,10 @@ import yaml
 
 from rayfleet.local import free_serve_port, stop_gracefully
 from rayfleet.serve.evaluate import evaluate_served, read_split
-from rayfleet.specs import load_spec
 from rayfleet.storage.checkpoints import download_verified
 from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
 from rayfleet.storage.pins import pinned
 from rayfleet.storage.uri import parse_uri
-from rayfleet.train.launcher import run_train_job
 from rayfleet.train.recipes.digits import build_model
 
 from ..conftest import BUCKET, REPO
@@ -40,9 +38,8 @@ from ..unit.test_serve_protocol import BAD
 from .load import BoundedLoad
 
 pytestmark = pytest.mark.integration
-TRAIN = REPO / "jobs" / "digits" / "train.yaml"
 SERVE = REPO / "jobs" / "digits" / "serve.yaml"
-RUN, SWEEP, MODEL = "serve-digits", "serve-sweep", "digits"
+SWEEP, MODEL = "serve-sweep", "digits"
 TENSOR = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
 ONE = {"inputs": [TENSOR]}
 INFER = f"/v2/models/{MODEL}/infer"
@@ -72,14 +69,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def trained(s3, digits_uri):
-    """A real (short) digits run: 1 worker, 2 epochs, checkpoints with manifests in S3."""
-    job = load_spec(
-        TRAIN,
-        [f"metadata.name={RUN}", f"spec.storage=s3://{BUCKET}", "spec.run.epochs=2",
-         "spec.scaling.numWorkers=1"],
-    )  # fmt: skip
-    return run_train_job(job)
+def trained(digits_run):
+    """The session's short digits run (tests/conftest.py): 1 worker, 2 epochs in S3."""
+    return digits_run.result
 
 
 @pytest.fixture(scope="module")

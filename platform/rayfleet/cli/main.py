@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from rayfleet.cli import (
+    compress_commands,
     data_commands,
     doctor_commands,
+    evaluate_commands,
     jobs_commands,
     plot_commands,
     render_commands,
@@ -44,6 +46,8 @@ app.add_typer(jobs_commands.app, name="jobs")
 app.add_typer(jobs_commands.contexts, name="context")
 app.command()(doctor_commands.doctor)
 app.command()(plot_commands.plot)
+app.command()(compress_commands.compress)
+app.command()(evaluate_commands.evaluate)
 
 
 def main() -> None:
