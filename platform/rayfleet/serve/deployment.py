@@ -3,9 +3,10 @@
 This is what runs on Serve: `application` is the `import_path` of the config that
 `rayfleet.serve.config` builds (for `rayfleet serve`, `rayfleet render` and the operator
 alike), and each replica is a `ModelServer` that loads the pinned checkpoint and serves the
-Open Inference Protocol app. It imports Ray Serve and FastAPI (the app), and its replicas
-load torch: only serving processes import it. The config itself, and the names in it, live
-in `serve.config`, which imports none of these.
+Open Inference Protocol app (and, with Serve's gRPC ingress on, the same protocol over
+gRPC). It imports Ray Serve and FastAPI (the app), and its replicas load torch: only serving
+processes import it. The config itself, and the names in it, live in `serve.config`, which
+imports none of these.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rayfleet.errors import SpecError
 from rayfleet.serve.app import InferenceService, build_app
 from rayfleet.serve.auth import server_token
 from rayfleet.serve.config import DEPLOYMENT, deployment_options, replica_settings
+from rayfleet.serve.grpc.servicer import GrpcInference
 from rayfleet.serve.loading import load_model, pin_checkpoint, resolve_source
 from rayfleet.specs import parse_spec
 from rayfleet.specs.serve import ModelDeployment
@@ -56,9 +58,32 @@ class ModelServer:
             expose_source=settings["expose_source"],
         )
         self._token = token
+        self.grpc = GrpcInference(self.service, token=token)
 
     def __serve_build_asgi_app__(self):
         return build_app(self.service, token=self._token)
+
+    # The KServe v2 gRPC API (inference.GRPCInferenceService), when Serve runs its gRPC
+    # ingress (spec.grpcPort): Serve calls the ingress replica's method named like the RPC,
+    # with its context as `grpc_context` (the name Serve looks for). See `serve.grpc`.
+
+    async def ServerLive(self, request, grpc_context=None):
+        return await self.grpc.server_live(request, grpc_context)
+
+    async def ServerReady(self, request, grpc_context=None):
+        return await self.grpc.server_ready(request, grpc_context)
+
+    async def ServerMetadata(self, request, grpc_context=None):
+        return await self.grpc.server_metadata(request, grpc_context)
+
+    async def ModelReady(self, request, grpc_context=None):
+        return await self.grpc.model_ready(request, grpc_context)
+
+    async def ModelMetadata(self, request, grpc_context=None):
+        return await self.grpc.model_metadata(request, grpc_context)
+
+    async def ModelInfer(self, request, grpc_context=None):
+        return await self.grpc.model_infer(request, grpc_context)
 
 
 def application(args: dict[str, Any]):

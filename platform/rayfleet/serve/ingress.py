@@ -23,17 +23,35 @@ through a wrapper that binds them to that host (`haproxy_local`). The HTTP front
 replicas' own servers bind the Serve host. On Kubernetes Prometheus scrapes the metrics port
 on the pod IP: `container_env` leaves them alone.
 
+gRPC (spec.grpcPort, off by default): Serve's gRPC ingress with the KServe v2 service
+(`rayfleet.serve.grpc`). Like the HTTP options, Serve takes `grpc_options` once, when it
+starts: `rayfleet serve` passes `grpc_options(port)` to `serve.start`, and a RayService
+carries it in its serveConfigV2. With HAProxy, HAProxy's gRPC frontend listens on the port
+(on the Serve host) and forwards to each ingress replica's own gRPC server; with Serve's
+proxy, the proxy does. Off by default because it is one more listener, and one more port in
+the NetworkPolicy, that REST clients (tritonclient.http included) do not need.
+
 Pure: no Ray import, so rendering uses it too.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
+
+from rayfleet.serve.grpc import SERVICER_FUNCTION
 
 Ingress = Literal["haproxy", "serve-proxy"]
 DEFAULT_INGRESS: Ingress = "haproxy"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+
+
+def grpc_options(port: int | None) -> dict[str, Any] | None:
+    """Serve's `grpc_options` for the KServe v2 gRPC API on `port`; None (no port): Serve's
+    defaults, which run no gRPC ingress (it has no servicer functions)."""
+    if port is None:
+        return None
+    return {"port": port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
 
 
 def container_env(ingress: Ingress) -> list[dict[str, str]]:
