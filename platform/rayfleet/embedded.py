@@ -23,7 +23,9 @@ EMBEDDED_RAY_CONFIG = {
 _API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
-def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
+def ensure_ray(
+    *, verbose: bool = False, dashboard: bool = False, metrics_port: int | None = None
+) -> bool:
     """Start an embedded local Ray sized to this machine unless one is connected.
 
     `dashboard` starts Ray's dashboard, which also serves the State API. Sweeps need it: when
@@ -32,7 +34,11 @@ def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
     The cleaner finds the API by auto-detection, which fails when another Ray runs on the
     same machine (CI, a second terminal), so its address is pinned for every Ray process
     through RAY_API_SERVER_ADDRESS, set before Ray starts so the workers inherit it.
-    Returns True when this call started Ray (the caller then shuts it down).
+    `metrics_port` turns the metrics agent back on and exports Prometheus metrics there. Ray
+    binds that exporter to all interfaces unless the node's address is loopback, and it turns
+    a loopback `_node_ip_address` into the machine's address (measured, Ray 2.60), so the
+    port is reachable from the network: opt-in only. Returns True when this call started Ray
+    (the caller then shuts it down).
     """
     import ray
 
@@ -54,11 +60,15 @@ def ensure_ray(*, verbose: bool = False, dashboard: bool = False) -> bool:
     # address="local": a new instance, always. Without it ray.init() connects to whatever
     # `ray start` cluster /tmp/ray/ray_current_cluster names (even a stale one), so a run
     # next to a test head or a teammate's cluster would join it, or fail to.
+    config = EMBEDDED_RAY_CONFIG
+    if metrics_port is not None:
+        config = {**config, "enable_metrics_collection": True}
+        common.update(_metrics_export_port=metrics_port)
     ray.init(
         address="local",
         num_cpus=os.cpu_count(),
         include_dashboard=dashboard,
-        _system_config=EMBEDDED_RAY_CONFIG,
+        _system_config=config,
         **common,
     )
     return True

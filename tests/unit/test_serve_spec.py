@@ -99,6 +99,7 @@ def test_replica_changes_keep_the_code_version_so_serve_scales_in_place():
             "num_replicas": 1,
             "max_ongoing_requests": 64,
             "ray_actor_options": {"num_cpus": 1.0, "num_gpus": 0.0},
+            "max_surge_percent": 100,  # a rollout starts new replicas before old ones stop
         }
     ]
     assert three["deployments"][0]["num_replicas"] == 3

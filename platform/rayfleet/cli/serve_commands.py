@@ -11,7 +11,9 @@ unverified checkpoint exits 2 in seconds), then:
   the process that started it);
 - with a `rayfleet serve` already running here (or RAY_ADDRESS pointing at a cluster): updates
   that instance in place and returns. So `rayfleet serve SPEC --replicas 3` in a second
-  terminal rescales the running model without dropping requests.
+  terminal rescales the running model without dropping requests, and a spec whose source now
+  resolves to another checkpoint rolls the model in place (new replicas load and verify it
+  before old ones drain; if they can't, the old model keeps serving and this exits non-zero).
 
 With `spec.auth`, the replicas require a bearer token, which they read from
 RAYFLEET_SERVE_TOKEN in their environment. The embedded Ray this command starts inherits this
@@ -80,6 +82,15 @@ def serve(
     timeout: float = typer.Option(300.0, help="Seconds to wait for replicas to be running."),
     verbose: bool = VerboseOption,
     token_file: str | None = TokenFileOption,
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="When this starts Ray: export Prometheus metrics (Ray's, Serve's, per model "
+        "version) at :PORT/metrics. Ray binds it on all interfaces: use it on a trusted "
+        "network only.",
+    ),
 ) -> None:
     """Serve a ModelDeployment over HTTP (Open Inference Protocol); `serve status` lists them."""
     from rayfleet.serve.auth import read_token_file
@@ -109,6 +120,10 @@ def serve(
     connected, owned = runtime.attach(verbose=verbose)
     if connected:
         _check_ingress(deployment)
+        if metrics_port is not None:
+            _note(
+                "--metrics-port is used when this command starts Ray; the running one keeps its own"
+            )
         if token_file:
             _note(
                 "--token-file is used when this command starts Serve; the running instance's "
@@ -124,6 +139,12 @@ def serve(
                 import ray
 
                 ray.shutdown()
+        if result.previous_checkpoint:
+            console.print(
+                f"[green]rolled[/] {result.name} from "
+                f"{result.previous_checkpoint.rstrip('/').rsplit('/', 1)[-1]} to {resolved.name}",
+                highlight=False,
+            )
         console.print(
             f"[green]serving[/] {result.name}: {result.replicas} replica(s) at {result.url} "
             f"({result.elapsed_s:.1f}s)",
@@ -132,11 +153,13 @@ def serve(
         return
     _export_token(deployment, token)
     _check_port(host, port)
+    if deployment.spec.grpc_port is not None:
+        _check_port(host, deployment.spec.grpc_port, "set another spec.grpcPort")
     from rayfleet.serve.ingress import apply_local_env
 
     apply_local_env(deployment.spec.ingress, host)  # before Ray starts: its processes inherit it
     _pin(deployment, resolved)
-    _serve_foreground(target, deployment, resolved, host, port, timeout, verbose)
+    _serve_foreground(target, deployment, resolved, host, port, timeout, verbose, metrics_port)
 
 
 def _check_ingress(deployment) -> None:
@@ -183,24 +206,25 @@ def _pin(deployment, resolved) -> None:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, change: str = "pass --port") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
         except OSError as exc:
             raise BadInputError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); pass --port, or stop what "
-                "uses it"
+                f"cannot listen on {host}:{port} ({exc.strerror}); {change}, or stop what uses it"
             ) from None
 
 
-def _serve_foreground(target, deployment, resolved, host, port, timeout, verbose) -> None:
+def _serve_foreground(
+    target, deployment, resolved, host, port, timeout, verbose, metrics_port=None
+) -> None:
     import ray
 
     from rayfleet.embedded import ensure_ray
     from rayfleet.serve import runtime
 
-    ensure_ray(verbose=verbose)
+    ensure_ray(verbose=verbose, metrics_port=metrics_port)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         result = runtime.deploy(
@@ -212,19 +236,23 @@ def _serve_foreground(target, deployment, resolved, host, port, timeout, verbose
         url_arg = "" if result.url == base else f" --url {result.url}"
         auth = "  (sends $RAYFLEET_SERVE_TOKEN)" if deployment.spec.auth else ""
         curl_auth = ' -H "Authorization: Bearer $RAYFLEET_SERVE_TOKEN"' if auth else ""
+        grpc_port = deployment.spec.grpc_port
+        grpc_line = f"  gRPC:   {host}:{grpc_port} (KServe v2 gRPC)\n" if grpc_port else ""
         console.print(
             f"[green]serving[/] {name} at {result.url} ({result.replicas} replica(s), "
             f"ready in {result.elapsed_s:.1f}s)\n"
             f"  try:    rayfleet predict {name} --input examples.json{url_arg}"
             f"   (or --input - for stdin){auth}\n"
             f"          curl{curl_auth} {result.url}/v2/models/{name}\n"
+            f"{grpc_line}"
             f"  scale:  rayfleet serve {target} --replicas 2\n"
             "  status: rayfleet serve status\n"
             "Ctrl-C stops serving.",
             highlight=False,
         )
-        while True:
-            time.sleep(3600)
+        with _meter(deployment):  # replica-hours to <storage>/deployments/NAME/usage.json
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
         console.print("stopping ...", highlight=False)
     finally:
@@ -234,6 +262,33 @@ def _serve_foreground(target, deployment, resolved, host, port, timeout, verbose
         # first would only add a spurious "graceful_shutdown failed" line from Ray.)
         ray.shutdown()
     console.print("[green]stopped[/]", highlight=False)
+
+
+def _meter(deployment):
+    """Sample the served replica count into the deployment's usage document (rayfleet.usage),
+    priced with $RAYFLEET_PRICES when set."""
+    from rayfleet import usage
+    from rayfleet.serve import runtime
+    from rayfleet.storage import documents
+
+    name = deployment.name
+    uri = deployment.storage_uri().join("deployments", name, usage.USAGE_FILE)
+
+    def store(found: usage.DeploymentUsage) -> None:
+        doc = found.model_dump(mode="json", by_alias=True)
+        documents.update(uri, lambda d: (d.clear(), d.update(doc)))
+
+    meter = usage.ReplicaMeter(
+        name,
+        lambda: sum(a.running for a in runtime.status() if a.name == name),
+        store,
+        cpus_per_replica=deployment.spec.cpus_per_replica,
+        gpus_per_replica=deployment.spec.gpus_per_replica,
+        prices=usage.load_prices(None),
+    )
+    if (previous := documents.read(uri).json()) is not None:
+        meter.resume(usage.DeploymentUsage.model_validate(previous))
+    return meter
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -289,6 +344,10 @@ def status(
             ],
         )
     )
+    for app, d in zip(apps, docs, strict=True):
+        rollout = d["rollout"]
+        if rollout and (rollout["state"] != "done" or rollout["old"]):
+            console.print(f"{d['name']}: {app.rollout_summary()}", highlight=False)
     for d in docs:
         if d["status"] not in ("RUNNING",) and d["message"]:
             err_console.print(f"{d['name']}: {d['message'].strip().splitlines()[-1][:300]}")
@@ -296,9 +355,21 @@ def status(
 
 def _app_doc(app, url: str | None) -> dict[str, Any]:
     """One application in `serve status -o json`: name, model, status, running (replicas),
-    target ("2", or "1-4 (autoscaling)"), url, checkpoint (its URI), message."""
+    target ("2", or "1-4 (autoscaling)"), url, checkpoint (its URI), message, and rollout: the
+    last checkpoint change (from, to, state, and live replicas per side by state), or None."""
     prefix = app.route_prefix or "/"
     base = (url or "").rstrip("/") + ("" if prefix == "/" else prefix)
+    rollout = None
+    if app.rollout is not None:
+        counts = app.rollout.counts(app.replicas)
+        rollout = {
+            "from": app.rollout.from_checkpoint,
+            "to": app.rollout.to_checkpoint,
+            "state": app.rollout.state,
+            "old": counts["old"],
+            "new": counts["new"],
+            "message": app.rollout.message,
+        }
     return {
         "name": app.name,
         "model": app.model_name,
@@ -308,6 +379,7 @@ def _app_doc(app, url: str | None) -> dict[str, Any]:
         "url": base or None,
         "checkpoint": app.checkpoint,
         "message": app.message,
+        "rollout": rollout,
     }
 
 

@@ -20,6 +20,10 @@ its JSON header parsed, so it stays inline however large its tensors are.
 With a token (`spec.auth`, see `auth`), every /v2 route except the health probes wants
 `Authorization: Bearer <token>`; others get 401 with `WWW-Authenticate: Bearer`.
 
+Inside a Serve replica, every infer request is counted and timed per model and version, for
+Prometheus (see `metrics`; the 401s of the bearer check happen before the route and are left
+to Serve's own error counter).
+
 Model metadata names the checkpoint folder (the model version) but not where it is stored:
 its URI would tell any client the bucket and layout of the team's storage. `expose_source`
 (spec.exposeSource) opts in.
@@ -31,6 +35,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -41,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayfleet.serve.auth import TOKEN_ENV, bearer_matches
 from rayfleet.serve.loading import LoadedModel
+from rayfleet.serve.metrics import replica_metrics
 from rayfleet.serve.protocol import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
@@ -221,9 +227,22 @@ def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI
     async def model_ready(name: str, version: str | None = None) -> Response:
         return _model_or_404(name, version) or _json({"name": name, "ready": True})
 
+    metrics = replica_metrics(service.name, service.model.version)
+
     @app.post("/v2/models/{name}/infer", dependencies=authed)
     @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=authed)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        if metrics is None:
+            return await _infer(name, request, version)
+        started, code = time.perf_counter(), 500  # an exception here becomes _bug's 500
+        try:
+            response = await _infer(name, request, version)
+            code = response.status_code
+            return response
+        finally:
+            metrics.observe(code, time.perf_counter() - started)
+
+    async def _infer(name: str, request: Request, version: str | None) -> Response:
         if (missing := _model_or_404(name, version)) is not None:
             return missing
         declared = request.headers.get("content-length")

@@ -16,7 +16,12 @@ Why the config and not a bound app: in-place scaling. Serve hashes `import_path`
 the runtime env into the application's code version. Replica counts live in the
 per-deployment overrides, outside `args`, so changing them keeps the code version and Serve
 adds or drains replicas without restarting the others (no reload, no dropped requests). A new
-checkpoint or batching setting changes `args` and rolls the replicas.
+checkpoint or batching setting changes `args` and rolls the replicas: with `max_surge_percent`
+(ROLLOUT_SURGE_PERCENT) Serve starts the new version's replicas next to the old ones and stops
+an old replica only once a new one runs (its constructor loaded and verified the checkpoint),
+so capacity never drops below the target and a checkpoint that fails to load leaves the old
+replicas serving. Serve's default (0) stops
+old replicas first, which drops capacity and, on a bad checkpoint, the replicas it stopped.
 
 `args` carries the spec without its scaling fields and, when the deploying process resolved
 it, the pinned checkpoint URI; on a cluster without one, the builder resolves the source (and
@@ -32,12 +37,18 @@ from typing import Any
 
 import yaml
 
+from rayfleet.serve.ingress import grpc_options
 from rayfleet.specs.serve import ModelDeployment
 
 DEPLOYMENT = "ModelServer"
 """The one Serve deployment of every rayfleet application (the replica class's name)."""
 IMPORT_PATH = "rayfleet.serve.deployment:application"
 """The application builder each replica imports (the runtime side of this config)."""
+
+ROLLOUT_SURGE_PERCENT = 100
+"""Extra replicas Serve may start during a rollout, in percent of the target: all the new ones
+first, so the old version keeps full capacity until the new one is up (where the cluster has
+room; otherwise Serve starts what fits and waits, old replicas still serving)."""
 
 _SCALING_FIELDS = ("replicas", "autoscaling")
 # Switches that are off by default stay out of `args` while off, so a deployment that does not
@@ -46,7 +57,7 @@ _SCALING_FIELDS = ("replicas", "autoscaling")
 _OFF_BY_DEFAULT = ("exposeSource",)
 # Node-level settings: they act through the Ray nodes' environment (see `ingress`), not on a
 # replica, so they stay out of `args` (changing one must not roll replicas for nothing).
-_NODE_FIELDS = ("ingress",)
+_NODE_FIELDS = ("ingress", "grpcPort")
 
 
 def replica_settings(deployment: ModelDeployment, checkpoint: str) -> dict[str, Any]:
@@ -70,6 +81,7 @@ def deployment_options(deployment: ModelDeployment, *, scaling: bool = True) -> 
     options: dict[str, Any] = {
         "max_ongoing_requests": spec.ongoing_limit,
         "ray_actor_options": {"num_cpus": spec.cpus_per_replica, "num_gpus": spec.gpus_per_replica},
+        "max_surge_percent": ROLLOUT_SURGE_PERCENT,
     }
     if scaling and spec.autoscaling is not None:
         a = spec.autoscaling
@@ -111,8 +123,12 @@ def application_config(
 
 
 def serve_config(deployment: ModelDeployment, checkpoint: str | None = None) -> dict[str, Any]:
-    """The whole Serve config for one ModelDeployment (what `serve deploy` reads)."""
-    return {"applications": [application_config(deployment, checkpoint)]}
+    """The whole Serve config for one ModelDeployment (what `serve deploy` reads); with
+    spec.grpcPort, Serve's gRPC ingress options (applied when Serve starts, see `ingress`)."""
+    doc: dict[str, Any] = {"applications": [application_config(deployment, checkpoint)]}
+    if deployment.spec.grpc_port is not None:
+        doc["grpc_options"] = grpc_options(deployment.spec.grpc_port)
+    return doc
 
 
 def serve_config_text(deployment: ModelDeployment) -> str:

@@ -307,6 +307,14 @@ def encode_response_body(
     return b"".join([header, *chunks]), len(header)
 
 
+def encode_raw_response(
+    model_name: str, version: str, request: InferRequest, logits: np.ndarray
+) -> tuple[dict[str, Any], list[bytes]]:
+    """(response header, each requested output's little-endian bytes in order): the gRPC
+    API's answer, which carries every output in raw_output_contents."""
+    return _response(model_name, version, request, logits, binary=frozenset(request.outputs))
+
+
 def _response(model_name, version, request, logits, *, binary) -> tuple[dict, list[bytes]]:
     tensors = _output_tensors(logits)
     outputs, chunks = [], []

@@ -9,6 +9,13 @@ and `ServeControllerClient.deploy_apps`/`get_serve_details`), the calls `serve r
 config.yaml` makes; Ray 2.60 has no public Python API for config deploys. Everything else
 uses `ray.serve`'s public API.
 
+A new checkpoint for a running application is a rollout: Serve starts the new version's
+replicas next to the old ones (`config.ROLLOUT_SURGE_PERCENT`), each loads and verifies the
+checkpoint in its constructor, and only then do old replicas drain. If the new ones fail,
+`deploy` re-applies the application's previous config (its replicas never stopped, and the same
+config keeps their version, so they are not restarted) and raises with the reason. The rollout
+is recorded in Ray's key-value store for `status` (see `rollout`).
+
 A `rayfleet serve` running in the foreground records its Ray address and URL in a small state
 file (`~/.rayfleet/serve-local.json`, or $RAYFLEET_SERVE_STATE), so `rayfleet serve status`,
 `rayfleet serve SPEC --replicas N` and `rayfleet predict` in another terminal find it.
@@ -31,9 +38,11 @@ from rayfleet.serve.auth import ServeAuthError
 from rayfleet.serve.config import DEPLOYMENT, application_config
 from rayfleet.serve.ingress import running_ingress
 from rayfleet.serve.loading import ModelLoadError, ResolvedSource
+from rayfleet.serve.rollout import Rollout, version_of
 from rayfleet.specs.serve import ModelDeployment
 
 STATE_ENV = "RAYFLEET_SERVE_STATE"
+KV_NAMESPACE = "rayfleet"
 DEFAULT_STATE = "~/.rayfleet/serve-local.json"
 DEFAULT_PORT = 8000
 _POLL_S = 0.25
@@ -58,6 +67,11 @@ class AppState:
     route_prefix: str | None
     message: str = ""
     states: dict[str, int] = field(default_factory=dict)
+    rollout: Rollout | None = None
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # Serve's replica details
+
+    def rollout_summary(self) -> str | None:
+        return self.rollout.summary(self.replicas) if self.rollout is not None else None
 
 
 @dataclass
@@ -68,6 +82,7 @@ class DeployResult:
     checkpoint: str
     replicas: str
     elapsed_s: float
+    previous_checkpoint: str | None = None  # set when this deploy rolled a new checkpoint in
 
 
 # ------------------------------------------------------------------------ the Serve client
@@ -77,12 +92,18 @@ def _quiet_serve_logs() -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
-def start_serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT):
-    """Start Serve on the connected Ray (or connect to the running one); its client."""
+def start_serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, grpc_port: int | None = None):
+    """Start Serve on the connected Ray (or connect to the running one); its client.
+
+    `grpc_port`: also run Serve's gRPC ingress there, with the KServe v2 service."""
     from ray.serve._private.api import serve_start
 
+    from rayfleet.serve.ingress import grpc_options
+
     _quiet_serve_logs()
-    return serve_start(http_options={"host": host, "port": port})
+    return serve_start(
+        http_options={"host": host, "port": port}, grpc_options=grpc_options(grpc_port)
+    )
 
 
 def _client():
@@ -123,7 +144,8 @@ def deploy(
 
     started = time.monotonic()
     notify = notify or (lambda message: None)
-    client = _client() or start_serve(host, port)  # a running Serve keeps its HTTP options
+    # A running Serve keeps its HTTP and gRPC options.
+    client = _client() or start_serve(host, port, deployment.spec.grpc_port)
     details = client.get_serve_details()
     ours = application_config(deployment, checkpoint=str(resolved.uri))
     apps = [
@@ -139,13 +161,32 @@ def deploy(
         )
     previous = _app_status(deployment.name)
     previous_ts = previous.last_deployed_time_s if previous is not None else None
+    before = (details.get("applications") or {}).get(deployment.name) or {}
+    previous_config = before.get("deployed_app_config")
     config = {"http_options": details.get("http_options") or {}, "applications": [*apps, ours]}
     config["http_options"] = {
         k: v for k, v in config["http_options"].items() if k in ("host", "port", "root_path")
     }
+    rollout = _start_rollout(deployment.name, before, str(resolved.uri))
+    if rollout is not None:
+        notify(
+            f"rolling {deployment.name} from {version_of(rollout.from_checkpoint)} to "
+            f"{resolved.name}: new replicas load and verify it before old ones drain"
+        )
     client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
     notify(f"deploying {deployment.name} ({_target(deployment)} replica(s))")
-    _wait_running(deployment, previous_ts, timeout_s)
+    try:
+        _wait_running(deployment, previous_ts, timeout_s)
+    except (BadInputError, WorkFailedError) as exc:
+        if previous_config is None:
+            raise
+        _roll_back(client, config, previous_config, deployment, timeout_s, rollout, str(exc))
+        kept = version_of((previous_config.get("args") or {}).get("checkpoint")) or "it"
+        raise type(exc)(
+            f"{exc}; {deployment.name} still serves {kept} (update rolled back)"
+        ) from None
+    if rollout is not None:
+        _save_rollout(rollout.model_copy(update={"state": "done"}))
     return DeployResult(
         name=deployment.name,
         model_name=deployment.model_name,
@@ -153,7 +194,73 @@ def deploy(
         checkpoint=str(resolved.uri),
         replicas=_target(deployment),
         elapsed_s=time.monotonic() - started,
+        previous_checkpoint=rollout.from_checkpoint if rollout is not None else None,
     )
+
+
+def _roll_back(client, config, previous_config, deployment, timeout_s, rollout, why) -> None:
+    """Re-apply the application's config from before this deploy: Serve drops the failed
+    new replicas; the old ones, which a surge rollout never stopped, keep their version."""
+    from ray.serve.schema import ServeDeploySchema
+
+    failed = _app_status(deployment.name)
+    restored = {**config, "applications": [*config["applications"][:-1], previous_config]}
+    client.deploy_apps(ServeDeploySchema.model_validate(restored), _blocking=False)
+    if rollout is not None:
+        _save_rollout(rollout.model_copy(update={"state": "rolled back", "message": why[:300]}))
+    failed_ts = failed.last_deployed_time_s if failed is not None else None
+    ours = next(
+        (d for d in previous_config.get("deployments") or [] if d.get("name") == DEPLOYMENT), {}
+    )
+    _wait_running(deployment, failed_ts, timeout_s, want=ours.get("num_replicas"))
+
+
+# ---------------------------------------------------------------------- the rollout record
+
+
+def _rollout_key(name: str) -> bytes:
+    return f"serve-rollout:{name}".encode()
+
+
+def _start_rollout(name: str, app: dict[str, Any], checkpoint: str) -> Rollout | None:
+    """Record a rollout when `app` (Serve's details of the running application) serves
+    another checkpoint than `checkpoint`: its current replicas are the old version."""
+    previous = ((app.get("deployed_app_config") or {}).get("args") or {}).get("checkpoint")
+    if not previous or previous == checkpoint:
+        return None
+    replicas = ((app.get("deployments") or {}).get(DEPLOYMENT) or {}).get("replicas") or []
+    rollout = Rollout(
+        application=name,
+        from_checkpoint=previous,
+        to_checkpoint=checkpoint,
+        old_replicas=[r["replica_id"] for r in replicas if r.get("replica_id")],
+        started_s=time.time(),
+    )
+    _save_rollout(rollout)
+    return rollout
+
+
+def _save_rollout(rollout: Rollout) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    key, value = _rollout_key(rollout.application), rollout.model_dump_json().encode()
+    _internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
+
+
+def _read_rollout(name: str, checkpoint: str | None) -> Rollout | None:
+    """The last rollout of application `name`, if it concerns the checkpoint now deployed
+    (rolled to it, or rolled back to it)."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(_rollout_key(name), namespace=KV_NAMESPACE)
+    if raw is None:
+        return None
+    try:
+        rollout = Rollout.model_validate_json(raw)
+    except ValueError:
+        return None
+    target = rollout.from_checkpoint if rollout.state == "rolled back" else rollout.to_checkpoint
+    return rollout if target == checkpoint else None
 
 
 def _target(deployment: ModelDeployment) -> str:
@@ -184,8 +291,16 @@ def _failure(deployment: ModelDeployment, message: str) -> Exception:
     )
 
 
-def _wait_running(deployment: ModelDeployment, previous_ts: float | None, timeout_s: float):
-    want = deployment.num_replicas  # None under autoscaling
+def _wait_running(
+    deployment: ModelDeployment,
+    previous_ts: float | None,
+    timeout_s: float,
+    want: int | None | str = "spec",
+):
+    """Until the deployment runs `want` replicas (default: the spec's; None: any number,
+    as under autoscaling), all settled. Raises what `_failure` makes of a failed deploy."""
+    if want == "spec":
+        want = deployment.num_replicas  # None under autoscaling
     last = None
 
     def running() -> bool | None:
@@ -246,6 +361,7 @@ def status() -> list[AppState]:
         states = (
             {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()} if dep else {}
         )
+        replicas = ((detail.get("deployments") or {}).get(DEPLOYMENT) or {}).get("replicas")
         out.append(
             AppState(
                 name=name,
@@ -258,9 +374,19 @@ def status() -> list[AppState]:
                 route_prefix=detail.get("route_prefix"),
                 message=app.message,
                 states=states,
+                rollout=_read_rollout(name, args.get("checkpoint")),
+                replicas=[
+                    {"replica_id": r.get("replica_id"), "state": _state_name(r.get("state"))}
+                    for r in replicas or []
+                ],
             )
         )
     return out
+
+
+def _state_name(state: Any) -> str:
+    """A Serve state enum (or its value) as its name: "RUNNING", not "ReplicaState.RUNNING"."""
+    return str(getattr(state, "value", state))
 
 
 def serve_url(route_prefix: str = "/") -> str | None:
