@@ -1,7 +1,8 @@
 """The run record: `<storage>/runs/<name>/record.json`, kept current while a run lives.
 
 It is what outlives the cluster: the spec that ran, status, times, launches, the epochs
-trained (and by which launch), final metrics and the newest verified checkpoint; for a
+trained (and by which launch), final metrics, the newest verified checkpoint and the
+resources each launch held (`usage`, with cost under a price table: rayfleet.usage); for a
 submitted run also its submissions (id, cluster address, status, times) and the last lines
 of its log.
 
@@ -22,6 +23,7 @@ and `jobs describe NAME --storage URI` needs no cluster.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -32,12 +34,15 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from rayfleet.errors import JobNotFoundError, StorageError
+from rayfleet import usage
+from rayfleet.errors import BadInputError, JobNotFoundError, StorageError
 from rayfleet.specs import SweepJob, TrainJob
 from rayfleet.storage import documents
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.usage import RunUsage, SweepUsage
 
+log = logging.getLogger(__name__)
 RECORD = "record.json"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Per-launch facts: cleared when the run name is launched again.
@@ -73,6 +78,8 @@ class EpochEntry(_Doc):
     at: str | None = None
     metrics: dict[str, Any] = {}
     recovered: str | None = None  # filled in from the checkpoint a launch resumed from
+    # Workers that reported the epoch (elastic runs integrate their usage over it).
+    workers: int | None = Field(default=None, ge=1)
 
 
 class Submission(_Doc):
@@ -107,6 +114,8 @@ class RunRecord(_Doc):
     cluster: str | None = None
     retries: int | None = None
     log_tail: list[str] = []
+    # Requested resources x time (and cost, with a price table): rayfleet.usage.
+    usage: RunUsage | SweepUsage | None = None
 
 
 def _checked(doc: dict[str, Any], where: StorageURI) -> dict[str, Any]:
@@ -163,6 +172,9 @@ def write(fs: pafs.FileSystem, run_uri: StorageURI, job, *, status: str, **field
             doc["started"] = doc.get("started") or stamp
             for key in _LAUNCH_KEYS:
                 doc.pop(key, None)
+            _open_launch(doc, job)
+        elif status in TERMINAL:
+            _close_launch(doc, job.name, time.time(), "driver")
         doc.update(
             name=job.name,
             kind=job.kind,
@@ -182,18 +194,85 @@ def write(fs: pafs.FileSystem, run_uri: StorageURI, job, *, status: str, **field
 
 
 def add_epoch(
-    fs: pafs.FileSystem, run_uri: StorageURI, *, epoch: int, metrics: dict[str, Any]
+    fs: pafs.FileSystem,
+    run_uri: StorageURI,
+    *,
+    epoch: int,
+    metrics: dict[str, Any],
+    workers: int | None = None,
 ) -> dict:
-    """Note a finished epoch (and which launch trained it): the record shows every epoch
-    trained, so an epoch trained twice after a resume is visible, not hidden."""
+    """Note a finished epoch (and which launch trained it, on how many workers when known):
+    the record shows every epoch trained, so an epoch trained twice after a resume is
+    visible, not hidden."""
 
     def change(doc: dict[str, Any]) -> None:
-        doc.setdefault("epochs", []).append(
-            {"epoch": epoch, "launch": doc.get("launches", 1), "at": now(), "metrics": metrics}
-        )
+        entry = {"epoch": epoch, "launch": doc.get("launches", 1), "at": now(), "metrics": metrics}
+        if workers:
+            entry["workers"] = workers
+        doc.setdefault("epochs", []).append(entry)
         doc["updated"] = now()
 
     return update(fs, run_uri, change)
+
+
+# Usage: each launch is opened by the driver's RUNNING write and closed by its terminal one;
+# a launch whose driver was killed is closed by the CLI at the submission's end, else by the
+# next launch at its last epoch. The totals are recomputed from the launches on each close.
+
+
+def _launches(doc: dict[str, Any]) -> list[usage.LaunchUsage]:
+    stored = doc.get("usage") or {}
+    return [usage.LaunchUsage.model_validate(item) for item in stored.get("launches", [])]
+
+
+def _store_usage(doc: dict[str, Any], launches: list[usage.LaunchUsage], name: str) -> None:
+    epochs = doc.get("epochs", [])
+    try:
+        found = usage.run_usage(launches, epochs, usage.active_prices(), f"run {name}")
+    except BadInputError as exc:  # checked before the run started; never fail a run on it
+        log.warning("usage recorded without cost: %s", exc)
+        found = usage.run_usage(launches, epochs, None, f"run {name}")
+    doc["usage"] = found.model_dump(mode="json", by_alias=True)
+
+
+def _open_launch(doc: dict[str, Any], job) -> None:
+    scaling = getattr(getattr(job, "spec", None), "scaling", None)
+    if scaling is None:  # not a TrainJob: nothing it holds is known here
+        return
+    launches = _close_open(doc, _launches(doc))
+    launches.append(
+        usage.LaunchUsage(
+            launch=doc["launches"],
+            started=time.time(),
+            workers=scaling.num_workers,
+            min_workers=scaling.min_workers if scaling.elastic else None,
+            cpus_per_worker=scaling.cpus_per_worker,
+            gpus_per_worker=scaling.gpus,
+        )
+    )
+    _store_usage(doc, launches, job.name)
+
+
+def _close_open(doc: dict[str, Any], launches: list[usage.LaunchUsage]) -> list:
+    """Close launches nobody closed (driver killed, end not seen) at their last epoch."""
+    for launch in launches:
+        if launch.ended is None:
+            stamps = [
+                usage.iso_seconds(e.get("at"))
+                for e in doc.get("epochs", [])
+                if e.get("launch") == launch.launch
+            ]
+            launch.ended = max([s for s in stamps if s is not None] or [launch.started])
+            launch.ended_by = "lastEpoch"
+    return launches
+
+
+def _close_launch(doc: dict[str, Any], name: str, at: float, by: usage.EndedBy) -> None:
+    launches = _launches(doc)
+    if not launches or launches[-1].ended is not None:
+        return
+    launches[-1].ended, launches[-1].ended_by = max(at, launches[-1].started), by
+    _store_usage(doc, launches, name)
 
 
 def note_resumed(
@@ -269,6 +348,9 @@ def note_submission(uri: StorageURI, spec, *, address: str, job, log_tail: str |
                 doc["status"] = entry["status"]
             if entry["status"] != "SUCCEEDED":
                 doc["error"] = entry["message"]
+                # The driver could not close its launch: it ended with the submission.
+                if ended := usage.iso_seconds(entry["ended"]):
+                    _close_launch(doc, spec.name, ended, "submission")
             doc.setdefault("finished", entry["ended"])
         if log_tail is not None:
             doc["logTail"] = log_tail.splitlines()[-LOG_TAIL_LINES:]

@@ -10,8 +10,10 @@ import os
 import signal
 
 import pytest
+from typer.testing import CliRunner
 
 from rayfleet import record
+from rayfleet.cli.main import app
 from rayfleet.specs import load_spec
 from rayfleet.storage.checkpoints import MANIFEST, UNKNOWN_EPOCH, list_checkpoints, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
@@ -61,6 +63,16 @@ def test_plain_loop_reports_every_metric_and_gets_verified_checkpoints(reference
     assert doc["status"] == "SUCCEEDED"
     assert [e["epoch"] for e in doc["epochs"]] == list(range(EPOCHS))
     assert doc["epochs"][-1]["metrics"]["val_accuracy"] == result.metrics["val_accuracy"]
+    # Usage: one launch, closed by the driver, 2 workers x 1 CPU for its wall time.
+    used = doc["usage"]
+    (launch,) = used["launches"]
+    assert (launch["workers"], launch["cpusPerWorker"], launch["endedBy"]) == (2, 1, "driver")
+    # The launch runs from the record's RUNNING write (after preflight) to its final write.
+    assert result.elapsed_s / 2 < used["wallS"] < result.elapsed_s + 10
+    assert used["workerS"] == 2 * used["wallS"]
+    assert used["cpuS"] == used["workerS"] and used["gpuS"] == 0 and used["cost"] is None
+    out = CliRunner().invoke(app, ["jobs", "describe", "loop-ref", "--storage", f"s3://{BUCKET}"])
+    assert out.exit_code == 0 and "  usage: wall " in out.output, out.output
 
 
 def test_killed_worker_resumes_the_plain_loop_with_identical_metrics(reference):

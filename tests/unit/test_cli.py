@@ -124,7 +124,9 @@ def test_sweep_results_json_has_the_documented_keys(env, tmp_path):
     result = _invoke("sweep", "results", "s", "--storage", str(tmp_path / "store"), "-o", "json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert set(doc) == {"name", "metric", "mode", "epochs", "epochsTrained", "trials", "best"}
+    assert set(doc) == {
+        "name", "metric", "mode", "epochs", "epochsTrained", "trials", "best", "usage"
+    }  # fmt: skip
     assert doc["epochsTrained"] == 4 and [t["state"] for t in doc["trials"]] == ["DONE", "STOPPED"]
     assert doc["trials"][0] == {
         "trialId": "t1", "params": {"run.learningRate": 0.01}, "state": "DONE",

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from rayfleet.cli.options import SetOption
+from rayfleet.cli.options import PricesOption, SetOption
 from rayfleet.cli.output import (
     Output,
     OutputOption,
@@ -317,14 +317,20 @@ def describe(
     context: str | None = ContextOption,
     token_file: Path | None = TokenFileOption,
     insecure: bool = InsecureOption,
+    prices: Path | None = PricesOption,
     output: Output = OutputOption,
 ) -> None:
     """The run record from storage: spec, submissions, status, epochs, metrics, checkpoint,
-    log tail. Works after the cluster is gone."""
+    usage (and cost: as recorded, or at --prices), log tail. Works after the cluster is gone."""
     from rayfleet.record import find
+    from rayfleet.usage import load_prices, reprice
 
+    price_table = load_prices(prices)
     storage = storage or _storage_from_cluster(name, address, context, token_file, insecure)
     uri, doc = find(name, storage)
+    if price_table is not None and doc.get("usage"):
+        what = "sweep" if doc.get("kind") == "SweepJob" else "run"
+        doc["usage"] = reprice(doc["usage"], price_table, f"{what} {name}")
     if output is Output.json:
         return print_json(doc)
     _print_record(uri, doc)
@@ -375,6 +381,17 @@ def _print_record(uri, doc: dict[str, Any]) -> None:
         console.print(f"  {key}: {value}", highlight=False)
     if result.get("checkpointUri"):
         console.print(f"  checkpoint: {result['checkpointUri']}", highlight=False)
+    if used := doc.get("usage"):
+        from rayfleet.usage import summary
+
+        open_launch = [x for x in used.get("launches", []) if x.get("ended") is None]
+        for line in summary(used):
+            console.print(f"  usage: {line}", highlight=False)
+        if open_launch:
+            console.print(
+                f"  usage: launch {open_launch[-1]['launch']} still running (not counted yet)",
+                highlight=False,
+            )
     if tail := doc.get("logTail"):
         console.print("  log tail:", highlight=False)
         for line in tail[-10:]:

@@ -13,6 +13,12 @@ SetOption = typer.Option(
 VerboseOption = typer.Option(
     False, "--verbose", "-v", help="Show the logs of Ray and its workers (trials, replicas)."
 )
+PricesOption = typer.Option(
+    None,
+    "--prices",
+    help="Price table (YAML/JSON: $/CPU-hour, $/GPU-hour per accelerator, spot and on-demand) "
+    "to record cost with usage; default $RAYFLEET_PRICES. See the README, 'Usage and cost'.",
+)
 
 
 class SpecOrCommand(TyperGroup):

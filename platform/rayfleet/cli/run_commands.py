@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from rayfleet.cli.options import SetOption, VerboseOption
+from rayfleet.cli.options import PricesOption, SetOption, VerboseOption
 from rayfleet.cli.output import (
     Output,
     OutputOption,
@@ -31,16 +31,21 @@ def run(
         help="Resume this run's newest checkpoint even if it was trained from a different "
         "model, dataset or optimiser setting.",
     ),
+    prices: Path | None = PricesOption,
     output: Output = OutputOption,
 ) -> None:
     """Run a TrainJob: preflight, data-parallel training, verified checkpoints. The driver's
-    output is also copied to <run>/logs/ (`rayfleet jobs logs NAME --storage URI`)."""
+    output is also copied to <run>/logs/ (`rayfleet jobs logs NAME --storage URI`); its usage
+    (and cost, with a price table) goes to the run record."""
+    from rayfleet import usage
     from rayfleet.storage.filesystem import filesystem_for  # pyarrow: not for --help
     from rayfleet.storage.logs import LOGS_DIR, ship_output
 
     job = load_spec(spec, overrides or [], expect="TrainJob")
+    price_table = usage.load_prices(prices)
+    usage.check_prices(price_table, gpus=job.spec.scaling.gpus, where=f"run {job.name}")
     logs = job.run_uri().join(LOGS_DIR)
-    with ship_output(filesystem_for(logs), logs.fs_path, "driver"):
+    with ship_output(filesystem_for(logs), logs.fs_path, "driver"), usage.pricing(price_table):
         _run(job, spec, verbose=verbose, force=force, output=output)
 
 
@@ -63,8 +68,9 @@ def _run(job, spec: Path, *, verbose: bool, force: bool, output: Output) -> None
             verbose=verbose,
             force=force,
         )
+    used = _recorded_usage(job)
     if output is Output.json:
-        return print_json(run_doc(result))
+        return print_json({**run_doc(result), "usage": used})
     final = f"; final epoch {result.epoch + 1}" if result.epoch is not None else ""
     console.print(
         f"[green]done[/] in {result.elapsed_s:.1f}s ({result.attempts} attempt(s)){final}:",
@@ -79,13 +85,28 @@ def _run(job, spec: Path, *, verbose: bool, force: bool, output: Output) -> None
         f"checkpoint: {result.checkpoint_uri or 'none (the loop reported none)'}",
         highlight=False,
     )
+    if used:
+        from rayfleet.usage import summary
+
+        for line in summary(used):
+            console.print(f"usage: {line}", highlight=False)
+
+
+def _recorded_usage(job) -> dict[str, Any] | None:
+    """The usage the run record holds now (written with the run's final status)."""
+    from rayfleet import record
+    from rayfleet.storage.filesystem import filesystem_for
+
+    uri = job.run_uri()
+    return (record.read(filesystem_for(uri), uri) or {}).get("usage")
 
 
 def run_doc(result) -> dict[str, Any]:
     """`rayfleet run -o json`: name, runUri, checkpointUri, epoch (0-based, the last one
     trained), metrics (of that epoch), attempts, elapsedS, skipped (checkpoints passed over
     on resume, with why), startupS (seconds from process start to each start-up
-    phase: preflight, ray, worker group, training loop, first step)."""
+    phase: preflight, ray, worker group, training loop, first step). `run -o json` adds usage
+    (the run record's: rayfleet.usage.RunUsage)."""
     return {
         "name": result.name,
         "runUri": str(result.run_uri),

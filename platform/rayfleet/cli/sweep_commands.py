@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from rayfleet.cli.options import SetOption, SpecOrCommand, VerboseOption
+from rayfleet.cli.options import PricesOption, SetOption, SpecOrCommand, VerboseOption
 from rayfleet.cli.output import (
     Output,
     OutputOption,
@@ -141,10 +141,14 @@ def start(
         "RayJob runs.",
     ),
     verbose: bool = VerboseOption,
+    prices: Path | None = PricesOption,
     output: Output = OutputOption,
 ) -> None:
     """Run a SweepJob: every trial a data-parallel TrainJob, the best one recorded. The
-    driver's output is also copied to <sweep>/logs/ (`rayfleet jobs logs NAME --storage`)."""
+    driver's output is also copied to <sweep>/logs/ (`rayfleet jobs logs NAME --storage`);
+    each trial's usage goes to its run record, the sweep's (and what early stopping saved)
+    to <sweep>/record.json."""
+    from rayfleet import usage
     from rayfleet.storage.filesystem import filesystem_for
     from rayfleet.storage.logs import LOGS_DIR, ship_output
     from rayfleet.tune.results import table_exists
@@ -152,13 +156,16 @@ def start(
 
     sweep = load_spec(spec, overrides or [], expect="SweepJob")
     prep = prepare(sweep, source_dir=spec.resolve().parent)
+    price_table = usage.load_prices(prices)
+    usage.check_prices(price_table, gpus=prep.base.spec.scaling.gpus, where=f"sweep {sweep.name}")
     resume = resume or (resume_if_exists and table_exists(prep.uri))
     logs = prep.uri.join(LOGS_DIR)
-    with ship_output(filesystem_for(logs), logs.fs_path, "driver"):
-        _start(sweep, prep, spec, resume, retry_errored, verbose, output)
+    with ship_output(filesystem_for(logs), logs.fs_path, "driver"), usage.pricing(price_table):
+        _start(sweep, prep, spec, resume, retry_errored, verbose, output, price_table)
 
 
-def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Output) -> None:
+def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Output, prices) -> None:
+    from rayfleet.tune.results import sweep_usage, write_usage
     from rayfleet.tune.runner import run_sweep
 
     s = sweep.spec
@@ -178,18 +185,28 @@ def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Outp
             sys_path=[str(spec.resolve().parent)],
             verbose=verbose,
         )
+    used = sweep_usage(prep.uri, result.table, prices)
+    write_usage(prep.uri, sweep, used)
+    used_doc = used.model_dump(mode="json", by_alias=True)
     if output is Output.json:
-        return print_json(sweep_doc(result.table, result.best, elapsed_s=result.elapsed_s))
-    _print_outcome(result.table, result.best)
+        doc = sweep_doc(result.table, result.best, elapsed_s=result.elapsed_s, used=used_doc)
+        return print_json(doc)
+    _print_outcome(result.table, result.best, used_doc)
     console.print(f"done in {result.elapsed_s:.1f}s", highlight=False)
 
 
 def sweep_doc(
-    sweep: SweepTable, best: BestTrial | None, *, elapsed_s: float | None = None
+    sweep: SweepTable,
+    best: BestTrial | None,
+    *,
+    elapsed_s: float | None = None,
+    used: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`-o json` of `sweep` and `sweep results`: name, metric, mode, epochs (per trial),
     epochsTrained, trials [{trialId, params, state, epochsDone, value, error}], best
-    ({trialId, value, params, epoch, checkpoint} or null) and, for a sweep just run, elapsedS."""
+    ({trialId, value, params, epoch, checkpoint} or null), usage (rayfleet.usage.SweepUsage:
+    worker/CPU/GPU-seconds, cost with prices, savings of early stopping) and, for a sweep just
+    run, elapsedS."""
     doc: dict[str, Any] = {
         "name": sweep.sweep,
         "metric": sweep.metric,
@@ -217,13 +234,18 @@ def sweep_doc(
             "checkpoint": best.checkpoint,
         },
     }
+    doc["usage"] = used
     if elapsed_s is not None:
         doc["elapsedS"] = round(elapsed_s, 3)
     return doc
 
 
-def _print_outcome(sweep: SweepTable, best: BestTrial | None) -> None:
+def _print_outcome(sweep: SweepTable, best: BestTrial | None, used: dict[str, Any]) -> None:
+    from rayfleet.usage import summary
+
     print_table(render_table(sweep, best))
+    for line in summary(used):
+        console.print(f"usage: {line}", highlight=False)
     if best:
         params = " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
         console.print(
@@ -241,13 +263,18 @@ def show_results(
     storage: str = typer.Option(
         None, "--storage", help="Storage URI the sweep ran in (default: $RAYFLEET_STORAGE)."
     ),
+    prices: Path | None = PricesOption,
     output: Output = OutputOption,
 ) -> None:
-    """Print a sweep's trial table and best trial, from storage alone."""
-    from rayfleet.tune.results import require_results
+    """Print a sweep's trial table, best trial and usage (cost with a price table, and what
+    early stopping saved), from storage alone."""
+    from rayfleet.tune.results import require_results, sweep_usage
+    from rayfleet.usage import load_prices
 
+    price_table = load_prices(prices)
     uri = resolve_storage(storage).join("sweeps", name)
     found, best = require_results(uri, name)
+    used = sweep_usage(uri, found, price_table).model_dump(mode="json", by_alias=True)
     if output is Output.json:
-        return print_json(sweep_doc(found, best))
-    _print_outcome(found, best)
+        return print_json(sweep_doc(found, best, used=used))
+    _print_outcome(found, best, used)

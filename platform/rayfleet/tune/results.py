@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from rayfleet import record, usage
 from rayfleet.errors import StorageError, WorkFailedError
 from rayfleet.storage import documents
 from rayfleet.storage.checkpoints import newest_verified
@@ -43,8 +44,10 @@ __all__ = [
     "read_table",
     "require_results",
     "row_state",
+    "sweep_usage",
     "table_exists",
     "write_table",
+    "write_usage",
 ]
 
 
@@ -131,3 +134,36 @@ def require_results(uri: StorageURI, name: str) -> tuple[SweepTable, BestTrial |
             f"no sweep {name!r} at {uri} ({TRIALS_FILE} missing); check the name and --storage"
         )
     return table, read_best(uri)
+
+
+def sweep_usage(
+    uri: StorageURI, table: SweepTable, prices: usage.Prices | None
+) -> usage.SweepUsage:
+    """The sweep's usage from its trials' run records (`<sweep>/<trial>/train/record.json`,
+    kept by the driver as trials start and end), with what early stopping saved; priced at
+    `prices`, else at the prices the trials were recorded with."""
+    from rayfleet.tune.trial import trial_run_uri
+
+    trials = []
+    for row in table.trials:
+        run_uri = trial_run_uri(uri, row.trial_id)
+        stored = (record.read(filesystem_for(run_uri), run_uri) or {}).get("usage")
+        found = usage.RunUsage.model_validate(stored) if stored else None
+        trials.append((row.trial_id, row.state, row.epochs_done, found))
+    return usage.sweep_usage(table.epochs, trials, prices, f"sweep {table.sweep}")
+
+
+def write_usage(uri: StorageURI, sweep, found: usage.SweepUsage) -> None:
+    """Put a finished sweep's usage in its record (`<sweep>/record.json`, the one `jobs
+    describe` reads), keeping what the submitting CLI wrote there."""
+
+    def change(doc: dict) -> None:
+        doc.setdefault("name", sweep.name)
+        doc.setdefault("kind", sweep.kind)
+        doc.setdefault("spec", sweep.model_dump(mode="json", by_alias=True))
+        doc.setdefault("status", "SUCCEEDED")  # a local sweep: no submission says so
+        doc.setdefault("finished", record.now())
+        doc["usage"] = found.model_dump(mode="json", by_alias=True)
+        doc["updated"] = record.now()
+
+    record.update(filesystem_for(uri), uri, change)
