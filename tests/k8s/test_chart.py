@@ -244,6 +244,8 @@ def _serve_spec(values: dict[str, Any]) -> dict[str, Any]:
         spec[key] = s[key]
     if s["auth"]["tokenSecretName"]:
         spec["auth"] = s["auth"]
+    if s["gcsFaultTolerance"]:
+        spec["gcsFaultTolerance"] = s["gcsFaultTolerance"]
     if s["autoscaling"]["enabled"]:
         spec["autoscaling"] = {k: v for k, v in s["autoscaling"].items() if k != "enabled"}
     else:
@@ -263,8 +265,12 @@ def _serve_spec(values: dict[str, Any]) -> dict[str, Any]:
             "maxRequestBytes": 4194304,
         },
         {"source": {"run": "digits"}, "auth": {"tokenSecretName": "digits-token"}},
+        {
+            "source": {"run": "digits"},
+            "gcsFaultTolerance": {"backend": "redis", "redis": {"address": "redis.ft:6379"}},
+        },
     ],
-    ids=["defaults", "autoscaling", "sweep", "checkpoint", "auth"],
+    ids=["defaults", "autoscaling", "sweep", "checkpoint", "auth", "gcs-ft"],
 )
 def test_serve_values_become_the_model_deployment(serve_values):
     """serve.* values map onto the ModelDeployment spec field by field; the object passes the
@@ -325,6 +331,16 @@ def test_serve_values_schema_agrees_with_the_spec_models():
         assert node(serve, path)["pattern"] == f"^{NAME_RE.pattern}$", path
         assert node(serve, path)["maxLength"] == MAX_NAME, path
 
+    def plain(schema):  # the values schema adds draft 7's additionalProperties: false
+        if isinstance(schema, dict):
+            skip = ("description", "additionalProperties")
+            return {k: plain(v) for k, v in schema.items() if k not in skip}
+        return [plain(v) for v in schema] if isinstance(schema, list) else schema
+
+    empty, gcs = node(serve, "gcsFaultTolerance")["oneOf"]  # {} is "off"
+    assert empty == {"type": "object", "maxProperties": 0}
+    assert plain(gcs) == plain(node(spec, "gcsFaultTolerance"))
+
 
 def render_defaults() -> dict[str, Any]:
     return yaml.safe_load((CHART / "values.yaml").read_text())
@@ -358,6 +374,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         ({"podSecurity": {"runAsUser": 0}}, "runAsUser"),
         ({"serve": {"source": {"run": "a", "sweep": "b"}}}, "source"),
         ({"serve": {"routePrefix": "digits/"}}, "routePrefix"),
+        ({"serve": {"gcsFaultTolerance": {"backend": "etcd"}}}, "gcsFaultTolerance"),
         ({"serve": {"source": {"run": "9digits"}}}, "run"),
         ({"networkPolicy": {"egress": {"ports": [70000]}}}, "ports"),
         ({"networkPolicy": {"submitters": {"ci": {"podSelectr": {}}}}}, "podSelectr"),

@@ -226,6 +226,28 @@ def test_operator_too_old_for_token_auth():
     assert "FAIL kuberay-operator: " in check.line() and " -> helm repo add" in check.line()
 
 
+def _embedded_gcs(fake, gates: list[str] | None):
+    (rc,) = [o for (kind, _, _), o in fake.objects.items() if kind == "RayCluster"]
+    rc["spec"]["gcsFaultToleranceOptions"] = {"backend": "rocksdb", "storage": {"size": "1Gi"}}
+    op = operator()
+    if gates is not None:
+        op["spec"]["template"]["spec"]["containers"][0]["args"] = gates
+    fake.put(op)
+    return fake
+
+
+def test_embedded_gcs_fault_tolerance_needs_the_operator_feature_gate():
+    fake = _embedded_gcs(install(), ["--feature-gates=RayClusterStatusConditions=true"])
+    check = only_failure(fake)
+    assert check.name == "gcs-fault-tolerance"
+    assert "GCSFaultToleranceEmbeddedStorage=true" in check.detail
+    assert "featureGates" in check.fix and "kuberay-system" in check.fix
+    gated = "--feature-gates=RayClusterStatusConditions=true,GCSFaultToleranceEmbeddedStorage=true"
+    got = checks(_embedded_gcs(install(), ["--zap-log-level=info", gated]))
+    assert got["gcs-fault-tolerance"].status is Status.passed
+    assert "gcs-fault-tolerance" not in checks(install())  # no such line without the backend
+
+
 def test_operator_version_from_image_tags():
     assert doctor.image_version("quay.io/kuberay/operator:v1.7.0") == (1, 7, 0)
     assert doctor.image_version("registry:5000/kuberay/operator:1.5.1-rc.0") == (1, 5, 1)

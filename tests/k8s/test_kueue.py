@@ -176,3 +176,67 @@ def test_chart_puts_its_raycluster_in_a_queue():
     validate(cluster)
     assert cluster["metadata"]["labels"][QUEUE_LABEL] == "team-a"
     assert cluster["metadata"]["labels"][PRIORITY_LABEL] == "team-a-high"
+
+
+# ------------------------------------------------------------ where a queued workload stands
+
+
+def _queued(uid="u-1", queue="team-a"):
+    labels = {QUEUE_LABEL: queue} if queue else {}
+    return {"metadata": {"name": "digits", "uid": uid, "labels": labels}}
+
+
+def _workload(owner_uid="u-1", *conditions, cluster_queue=None):
+    status: dict = {
+        "conditions": [
+            dict(zip(("type", "status", "reason", "message"), c, strict=True)) for c in conditions
+        ]
+    }
+    if cluster_queue:
+        status["admission"] = {"clusterQueue": cluster_queue}
+    return {
+        "metadata": {
+            "name": "rayjob-digits-x",
+            "ownerReferences": [{"kind": "RayJob", "uid": owner_uid}],
+        },
+        "status": status,
+    }
+
+
+def test_admission_reads_kueues_workload_conditions():
+    from rayfleet.k8s.kueue import admission
+
+    no_quota = (
+        "QuotaReserved",
+        "False",
+        "Pending",
+        "couldn't assign flavors to pod set head: insufficient unused quota for cpu in flavor "
+        "cpu-nodes, 4 more needed",
+    )
+    assert admission(_queued(queue=None), []).text() == "-"
+    assert admission(_queued(), []).text().startswith("waiting: no Workload yet in queue team-a")
+    other = _workload("someone-else", ("Admitted", "True", "Admitted", ""), cluster_queue="cq")
+    assert admission(_queued(), [other]).state == "waiting"  # not ours
+    waiting = admission(_queued(), [other, _workload("u-1", no_quota)])
+    assert waiting.state == "waiting" and "insufficient unused quota for cpu" in waiting.detail
+    admitted = _workload(
+        "u-1",
+        ("QuotaReserved", "True", "QuotaReserved", ""),
+        ("Admitted", "True", "Admitted", "The workload is admitted"),
+        cluster_queue="team-a-cq",
+    )
+    assert admission(_queued(), [admitted]).text() == "admitted: team-a -> team-a-cq"
+    evicted = _workload(
+        "u-1",
+        ("Admitted", "False", "NoReservation", ""),
+        (
+            "Evicted",
+            "True",
+            "Preempted",
+            "Preempted to accommodate a workload with higher priority",
+        ),
+    )
+    got = admission(_queued(), [evicted])
+    assert got.state == "evicted" and got.detail.startswith("Preempted: Preempted to accommodate")
+    finished = _workload("u-1", ("Finished", "True", "Succeeded", "Job finished successfully"))
+    assert admission(_queued(), [finished]).text() == "finished: Job finished successfully"

@@ -105,6 +105,7 @@ def test_chart_gcs_fault_tolerance_with_external_redis():
         validate(obj)
     cluster = next(o for o in objects if o["kind"] == "RayCluster")
     assert cluster["spec"]["gcsFaultToleranceOptions"] == {
+        "backend": "redis",
         "redisAddress": "redis.ft:6380",
         "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "redis-pw", "key": "auth"}}},
     }
@@ -115,3 +116,110 @@ def test_chart_gcs_fault_tolerance_with_external_redis():
     assert (
         "gcsFaultToleranceOptions" not in next(o for o in off if o["kind"] == "RayCluster")["spec"]
     )
+
+
+def test_chart_gcs_fault_tolerance_on_an_embedded_volume():
+    from tests.k8s.conftest import chart_objects, render_chart
+
+    ft = {"enabled": True, "backend": "rocksdb", "storage": {"size": "2Gi", "retain": True}}
+    objects = chart_objects(render_chart({"rayCluster": {"gcsFaultTolerance": ft}}))
+    for obj in objects:
+        validate(obj)
+    cluster = next(o for o in objects if o["kind"] == "RayCluster")
+    assert cluster["spec"]["gcsFaultToleranceOptions"] == {
+        "backend": "rocksdb",
+        "storage": {"size": "2Gi", "deletionPolicy": "Retain"},
+    }
+    own = {"enabled": True, "backend": "rocksdb", "storage": {"claimName": "gcs-state"}}
+    objects = chart_objects(render_chart({"rayCluster": {"gcsFaultTolerance": own}}))
+    cluster = next(o for o in objects if o["kind"] == "RayCluster")
+    validate(cluster)
+    assert cluster["spec"]["gcsFaultToleranceOptions"]["storage"] == {"claimName": "gcs-state"}
+
+
+def test_chart_refuses_a_redis_address_with_the_embedded_backend():
+    from tests.k8s.conftest import render_chart
+
+    ft = {"enabled": True, "backend": "rocksdb", "redisAddress": "redis.ft:6379"}
+    with pytest.raises(Exception, match="redisAddress is for backend redis"):
+        render_chart({"rayCluster": {"gcsFaultTolerance": ft}})
+
+
+def _served(*overrides: str) -> list[dict]:
+    objects = render_objects(read_spec_file("jobs/digits/serve.yaml", overrides), RenderOptions())
+    for obj in objects:
+        validate(obj)
+    return objects
+
+
+def _egress_ports(objects: list[dict]) -> list[int]:
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    return [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+
+
+def test_model_deployment_gcs_fault_tolerance_on_redis_renders_a_valid_rayservice():
+    objects = _served(
+        "spec.gcsFaultTolerance.backend=redis",
+        "spec.gcsFaultTolerance.redis.address=redis.ray-ft.svc:6380",
+        "spec.gcsFaultTolerance.redis.passwordSecret.name=redis-auth",
+        "spec.gcsFaultTolerance.redis.namespace=digits",
+    )
+    service = next(o for o in objects if o["kind"] == "RayService")
+    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"] == {
+        "backend": "redis",
+        "redisAddress": "redis.ray-ft.svc:6380",
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}},
+        "externalStorageNamespace": "digits",
+    }
+    assert 6380 in _egress_ports(objects)  # the head reaches its Redis through the policy
+    assert 6380 not in _egress_ports(_served())
+
+
+def test_model_deployment_gcs_fault_tolerance_on_an_embedded_volume():
+    objects = _served(
+        "spec.gcsFaultTolerance.backend=rocksdb",
+        "spec.gcsFaultTolerance.storage.size=4Gi",
+        "spec.gcsFaultTolerance.storage.storageClassName=fast-ssd",
+    )
+    service = next(o for o in objects if o["kind"] == "RayService")
+    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"] == {
+        "backend": "rocksdb",
+        "storage": {
+            "size": "4Gi",
+            "deletionPolicy": "DeleteWithCluster",
+            "storageClassName": "fast-ssd",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("spec.gcsFaultTolerance.backend=redis",), "backend redis needs redis.address"),
+        (
+            ("spec.gcsFaultTolerance.backend=redis", "spec.gcsFaultTolerance.redis.address=redis"),
+            "is not host:port",
+        ),
+        (
+            ("spec.gcsFaultTolerance.backend=rocksdb", "spec.gcsFaultTolerance.redis.address=r:1"),
+            "redis is for backend redis",
+        ),
+        (
+            ("spec.gcsFaultTolerance.backend=rocksdb", "spec.gcsFaultTolerance.storage.size=lots"),
+            "is not a quantity",
+        ),
+        (
+            (
+                "spec.gcsFaultTolerance.backend=rocksdb",
+                "spec.gcsFaultTolerance.storage.claimName=mine",
+                "spec.gcsFaultTolerance.storage.retain=true",
+            ),
+            "set one or the other",
+        ),
+    ],
+)
+def test_bad_gcs_fault_tolerance_fails_on_validate(overrides, message):
+    from rayfleet.errors import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        read_spec_file("jobs/digits/serve.yaml", overrides)

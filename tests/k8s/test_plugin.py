@@ -269,6 +269,70 @@ def test_status_lists_model_deployments_and_rayservices(api):
     assert ["RayService", "digits", "digits/ModelServer=1", "True", "digits=RUNNING"] in lines
 
 
+def test_status_shows_kueue_admission_of_queued_rayjobs_and_serving_usage(api):
+    """A queued RayJob (rendered by rayfleet with a queue) waits with Kueue's reason; once
+    Kueue admits it, the ClusterQueue; a ModelDeployment shows its replica-hours to date."""
+    from rayfleet.k8s import RenderOptions, read_spec_file, render_objects
+
+    objects = render_objects(
+        read_spec_file("jobs/digits/train.yaml", ("spec.scheduling.queue=team-a",)),
+        RenderOptions(),
+    )
+    job = next(o for o in objects if o["kind"] == "RayJob")
+    job["metadata"]["namespace"] = "ml"
+    api.put(job)
+    uid = api.list("RayJob", "ml")[0]["metadata"]["uid"]
+    workload = {
+        "kind": "Workload",
+        "metadata": {"name": "rayjob-digits", "ownerReferences": [{"kind": "RayJob", "uid": uid}]},
+        "status": {
+            "conditions": [
+                {
+                    "type": "QuotaReserved",
+                    "status": "False",
+                    "reason": "Pending",
+                    "message": "couldn't assign flavors to pod set workers: insufficient "
+                    "unused quota for cpu in flavor cpu-nodes, 2 more needed",
+                }
+            ]
+        },
+    }
+    api.put(workload)
+    md = yaml.safe_load((REPO / "jobs/digits/serve.yaml").read_text())
+    md["status"] = {
+        "readyReplicas": 2,
+        "usage": {
+            "name": "digits",
+            "cpusPerReplica": 1,
+            "samples": [{"at": 1000.0, "replicas": 2}],
+        },
+    }
+    api.put(md)
+
+    rows = plugin.status_rows(
+        api.list("ModelDeployment", "ml"), [], api.list("RayJob", "ml"),
+        api.list("Workload", "ml"), now=1000.0 + 5400,
+    )  # fmt: skip
+    by_kind = {r.kind: r for r in rows}
+    assert by_kind["ModelDeployment"].usage == "3.00 replica-h"  # 2 replicas for 1.5 h
+    queued = by_kind["RayJob"]
+    assert queued.note == "suspended"
+    assert queued.queue.startswith("waiting: couldn't assign flavors to pod set workers")
+
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    assert "QUEUE" in result.output and "USAGE" in result.output
+    assert "insufficient" in result.output
+
+    workload["status"] = {
+        "admission": {"clusterQueue": "team-a-cq"},
+        "conditions": [{"type": "Admitted", "status": "True", "reason": "Admitted"}],
+    }
+    api.put(workload)
+    (row,) = plugin.status_rows([], [], api.list("RayJob", "ml"), api.list("Workload", "ml"))
+    assert row.queue == "admitted: team-a -> team-a-cq"
+
+
 # ----------------------------------------------------- --kube-context: one name, one meaning
 
 

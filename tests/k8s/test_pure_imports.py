@@ -26,7 +26,7 @@ CLUSTER_CLIENTS = ("kubernetes", "kopf")
 # The k8s modules that build objects; client, operator and plugin are the cluster-facing side.
 PURE_K8S = (
     "options", "pods", "cluster", "network", "rayjob", "source", "kinds", "render", "crd",
-    "serveconfig", "reconcile",
+    "serveconfig", "reconcile", "kueue",
 )  # fmt: skip
 CLUSTER_FACING = {"rayfleet.k8s.client", "rayfleet.k8s.operator", "rayfleet.k8s.plugin"}
 

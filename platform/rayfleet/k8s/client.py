@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayfleet.errors import BadInputError, RayfleetError, WorkFailedError
-from rayfleet.k8s import crd
+from rayfleet.k8s import crd, kueue
 from rayfleet.lazy import lazy
 
 # The generated client takes ~0.5 s to import: only when a command talks to a cluster.
@@ -57,11 +57,13 @@ class Kind:
 
 API_RESOURCES = {
     "RayService": Kind("ray.io", "v1", "rayservices"),
+    "RayJob": Kind("ray.io", "v1", "rayjobs"),
+    "Workload": Kind(kueue.WORKLOAD_GROUP, kueue.WORKLOAD_VERSION, kueue.WORKLOAD_PLURAL),
     crd.KIND: Kind(crd.GROUP, crd.VERSION, crd.PLURAL),
     "NetworkPolicy": Kind("networking.k8s.io", "v1", "networkpolicies"),
     "PodDisruptionBudget": Kind("policy", "v1", "poddisruptionbudgets"),
 }
-_CUSTOM = {"RayService", crd.KIND}
+_CUSTOM = {"RayService", "RayJob", "Workload", crd.KIND}
 
 
 def _message(exc: Any) -> str:

@@ -41,6 +41,7 @@ from typing import Any
 from rayfleet.k8s.render import dump_yaml
 from rayfleet.specs.base import API_VERSION, MAX_NAME, NAME_RE
 from rayfleet.specs.serve import AutoscalingSpec, ModelDeploymentSpec, SourceSpec
+from rayfleet.usage import DeploymentUsage
 
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "ModelDeployment"
@@ -226,6 +227,18 @@ def _condition_schema() -> dict[str, Any]:
     }
 
 
+def usage_schema() -> dict[str, Any]:
+    """`status.usage`: `rayfleet.usage.DeploymentUsage` as a structural schema."""
+    raw = DeploymentUsage.model_json_schema(by_alias=True)
+    schema = structural(raw, raw.get("$defs", {}), "status.usage")
+    schema["description"] = (
+        "Replica-seconds (and CPU/GPU-seconds, and cost with a price table) from the ready "
+        "replica count over time, up to its newest sample (the count has held since: "
+        "`kubectl rayfleet status` adds the time since)."
+    )
+    return schema
+
+
 def status_schema() -> dict[str, Any]:
     return {
         "type": "object",
@@ -251,6 +264,22 @@ def status_schema() -> dict[str, Any]:
                 "type": "string",
                 "description": "The Serve application's status as KubeRay reports it.",
             },
+            "servedSource": {
+                "type": "string",
+                "description": "The model source the Serve application last finished rolling "
+                "to (run NAME, sweep NAME or checkpoint URI).",
+            },
+            "rollout": {
+                "type": "object",
+                "description": "The last change of model source: from, to, state, message.",
+                "properties": {
+                    "from": {"type": "string"},
+                    "to": {"type": "string"},
+                    "state": {"type": "string", "enum": ["InProgress", "Complete", "Failed"]},
+                    "message": {"type": "string"},
+                },
+            },
+            "usage": usage_schema(),
             "conditions": {
                 "type": "array",
                 "items": _condition_schema(),

@@ -210,6 +210,47 @@ def check_kuberay(reader: Reader) -> Check:
     return passed(name, f"{where} v{dotted(version)} running ({ready} ready)")
 
 
+EMBEDDED_GCS_GATE = "GCSFaultToleranceEmbeddedStorage"
+_GATES_RE = re.compile(r"--feature-gates[= ](\S+)")
+
+
+def feature_gates(deployment: dict[str, Any]) -> dict[str, bool]:
+    """The `--feature-gates=A=true,B=false` the KubeRay operator's container runs with."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    argv = " ".join([*(container.get("command") or []), *(container.get("args") or [])])
+    gates: dict[str, bool] = {}
+    for listed_gates in _GATES_RE.findall(argv):
+        for item in listed_gates.split(","):
+            gate, _, value = item.partition("=")
+            gates[gate] = value.lower() == "true"
+    return gates
+
+
+def check_gcs_fault_tolerance(reader: Reader, raycluster: dict[str, Any]) -> Check | None:
+    """With GCS fault tolerance on the alpha embedded volume (backend rocksdb), the operator
+    must run with its feature gate, or the head keeps its state in memory after all; None
+    when the RayCluster has no GCS fault tolerance on that backend."""
+    options = raycluster["spec"].get("gcsFaultToleranceOptions") or {}
+    if options.get("backend") != "rocksdb":
+        return None
+    name = "gcs-fault-tolerance"
+    found = listed(reader, "Deployment", None, KUBERAY_LABEL)
+    if not found:
+        return skipped(name, "no KubeRay operator")
+    if feature_gates(found[0]).get(EMBEDDED_GCS_GATE):
+        return passed(name, f"embedded (rocksdb) backend; operator gate {EMBEDDED_GCS_GATE} on")
+    where = f"{found[0]['metadata']['namespace']}/{found[0]['metadata']['name']}"
+    return failed(
+        name,
+        f"{raycluster['metadata']['name']} keeps the GCS on an embedded volume (rocksdb, alpha) "
+        f"but {where} runs without --feature-gates={EMBEDDED_GCS_GATE}=true",
+        f"helm upgrade kuberay-operator kuberay/kuberay-operator -n "
+        f"{found[0]['metadata']['namespace']} --reuse-values --set-json "
+        f'\'featureGates=[{{"name":"{EMBEDDED_GCS_GATE}","enabled":true}}]\' '
+        "(keep any gates you already set), or use backend redis",
+    )
+
+
 def check_ray_crds(reader: Reader) -> Check:
     name = "ray-crds"
     seen, missing = [], []
@@ -662,6 +703,8 @@ def run_checks(
     else:
         checks.append(check_ray_pods(reader, namespace, raycluster))
         checks.append(check_auth_secret(reader, namespace, raycluster))
+        if (gcs := check_gcs_fault_tolerance(reader, raycluster)) is not None:
+            checks.append(gcs)
         if storage:
             checks.append(
                 check_storage(

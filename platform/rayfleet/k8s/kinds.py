@@ -134,6 +134,10 @@ def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[
     )
     cluster = ray_cluster_spec(layout, options)
     _add_ray_env(cluster, container_env(spec.ingress))
+    if spec.grpc_port is not None:
+        _add_grpc_port(src, cluster, spec.grpc_port)
+    if spec.gcs_fault_tolerance is not None:
+        cluster["gcsFaultToleranceOptions"] = spec.gcs_fault_tolerance.kuberay_options()
     service = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -153,6 +157,8 @@ def render_model_deployment(src: SpecFile, options: RenderOptions) -> list[dict[
         metadata_labels=pods.labels(name, "network-policy", deployment.kind),
         options=options,
         serve=True,
+        redis_port=spec.gcs_fault_tolerance.redis_port() if spec.gcs_fault_tolerance else None,
+        grpc_port=spec.grpc_port,
     )
     return namespaced([service, policy, head_pdb(layout)], options)
 
@@ -163,6 +169,24 @@ def _add_ray_env(cluster: dict[str, Any], env: list[dict[str, Any]]) -> None:
     groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
     for group in groups:
         group["template"]["spec"]["containers"][0]["env"].extend(env)
+
+
+_KUBERAY_METRICS_PORT = 8080  # the metrics export port KubeRay gives every Ray node
+
+
+def _add_grpc_port(src: SpecFile, cluster: dict[str, Any], port: int) -> None:
+    """Serve's gRPC port (spec.grpcPort) on the Ray container of every node that runs a Serve
+    ingress, next to its HTTP port. KubeRay's `<name>-head-svc` carries every head container
+    port, so that Service is the gRPC address (its serve-svc keeps only the port `serve`)."""
+    taken = {*pods.RAY_PORTS.values(), pods.SERVE_PORT, _KUBERAY_METRICS_PORT}
+    if port in taken:
+        raise SpecError(
+            f"{src.path}: spec.grpcPort {port} is a port Ray or Serve already uses on the pods "
+            f"({', '.join(map(str, sorted(taken)))}); pick another, e.g. 9000"
+        )
+    entry = {"name": "grpc", "containerPort": port, "protocol": "TCP"}
+    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+        group["template"]["spec"]["containers"][0].setdefault("ports", []).append(dict(entry))
 
 
 RENDERERS: dict[str, Renderer] = {

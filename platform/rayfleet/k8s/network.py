@@ -4,9 +4,9 @@ Ray's GCS (6379), dashboard/Jobs API (8265) and client (10001) ports run arbitra
 whoever reaches them, so they stay inside: the cluster's own pods talk freely (Ray opens many
 ports between nodes), named clients (RayJob submitters, helm tests: CLIENT_LABEL) reach the
 three Ray ports, the KubeRay operator reaches the dashboard (and Serve's health check), and
-Serve (8000) opens only to those clients and the peers given (`--serve-from`: an ingress
-controller, a gateway). Egress: the cluster itself, DNS, and the listed TCP ports (S3 over
-HTTPS), to the listed address ranges when there are any.
+Serve (8000, and its gRPC port when spec.grpcPort is set) opens only to those clients and the
+peers given (`--serve-from`: an ingress controller, a gateway). Egress: the cluster itself,
+DNS, and the listed TCP ports (S3 over HTTPS), to the listed address ranges when there are any.
 """
 
 from __future__ import annotations
@@ -36,9 +36,13 @@ def network_policy(
     metadata_labels: dict[str, str],
     options: RenderOptions,
     serve: bool,
+    redis_port: int | None = None,
+    grpc_port: int | None = None,
 ) -> dict[str, Any]:
     """The policy of cluster `cluster`. `serve`: Serve (8000) opens to its clients and
-    `options.serve_from`; egress to `options.egress_ports` (at `options.egress_cidrs`)."""
+    `options.serve_from`; egress to `options.egress_ports` (at `options.egress_cidrs`) and,
+    with GCS fault tolerance on Redis, to `redis_port`. `grpc_port` (Serve's gRPC ingress)
+    opens to the same peers as Serve's HTTP port."""
     own = {"podSelector": {"matchLabels": {pods.CLUSTER_LABEL: cluster}}}
     # The operator polls the dashboard, and for a RayService the head's Serve proxy health.
     operator_ports = [pods.RAY_PORTS["dashboard"]]
@@ -55,11 +59,14 @@ def network_policy(
     ]
     if serve:
         peers = [copy.deepcopy(p) for p in options.serve_from]
-        ingress.append({"from": [clients, *peers], "ports": _tcp(pods.SERVE_PORT)})
+        serve_ports = [pods.SERVE_PORT] + ([grpc_port] if grpc_port is not None else [])
+        ingress.append({"from": [clients, *peers], "ports": _tcp(*serve_ports)})
     egress: list[dict[str, Any]] = [
         {"to": [own]},
         {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
     ]
+    if redis_port is not None:
+        egress.append({"ports": _tcp(redis_port)})  # the GCS's external Redis
     if options.egress_ports:
         rule: dict[str, Any] = {"ports": _tcp(*options.egress_ports)}
         if options.egress_cidrs:

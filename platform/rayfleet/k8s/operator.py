@@ -40,6 +40,7 @@ from typing import Any
 
 import kopf
 
+from rayfleet import usage
 from rayfleet.errors import BadInputError
 from rayfleet.k8s import crd, reconcile
 from rayfleet.k8s.client import ConflictError, KubeAPI, NotFoundError
@@ -59,6 +60,7 @@ class _State:
 
     options = RenderOptions()
     cluster: KubeAPI | None = None
+    prices: usage.Prices | None = None  # $RAYFLEET_PRICES, for status.usage's cost
 
     @classmethod
     def client(cls) -> KubeAPI:
@@ -141,7 +143,7 @@ def reconcile_one(md: dict[str, Any]) -> dict[str, Any] | None:
         log.info("%s/%s: %s", namespace, meta["name"], what)
         reason = {"create": "Created", "adopt": "Adopted"}.get(action.verb, "Updated")
         _post(md, "Normal", reason, what)
-    _write_status(md, reconcile.status(md, ray_service))
+    _write_status(md, reconcile.status(md, ray_service, prices=_State.prices))
     return ray_service
 
 
@@ -170,7 +172,7 @@ def ray_service_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None
         reconcile_one(md)
         return
     try:
-        new = reconcile.status(md, service)
+        new = reconcile.status(md, service, prices=_State.prices)
     except BadInputError:
         return  # the owner's spec is invalid; its own handler reports that
     _write_status(md, new)
@@ -259,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         _State.options = options_from(args)
+        _State.prices = usage.load_prices(None)  # a bad table fails here, in one line
         _ = _State.client().api  # credentials first: one line, not kopf's retry loop of tracebacks
     except BadInputError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -1,6 +1,7 @@
 """`kubectl rayfleet`: what kubectl can't do with Ray Serve on KubeRay by itself.
 
-    kubectl rayfleet status [-n NS | -A]                     ModelDeployments and RayServices
+    kubectl rayfleet status [-n NS | -A]     ModelDeployments, RayServices and RayJobs, with
+                                             Kueue admission and serving usage to date
     kubectl rayfleet scale NAME --replicas N [-n NS] [--app APP] [--deployment DEP]
 
 Both take `--kube-context NAME`, a kubeconfig context (as kubectl's `--context`). It is not
@@ -19,6 +20,8 @@ edit). Installed as the `kubectl-rayfleet` console script; kubectl finds it on P
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +32,8 @@ from rayfleet.console import console, err_console, handle_errors, set_debug
 from rayfleet.errors import BadInputError
 from rayfleet.k8s import crd
 from rayfleet.k8s.client import KubeAPI, NotFoundError
-from rayfleet.k8s.reconcile import owner_of
+from rayfleet.k8s.kueue import admission
+from rayfleet.k8s.reconcile import owner_of, usage_to_date
 from rayfleet.k8s.serveconfig import ScaleTarget, ServeConfigError, set_replicas, targets
 
 app = typer.Typer(
@@ -86,6 +90,8 @@ class Row:
     ready: str
     status: str
     note: str = ""
+    queue: str = "-"  # Kueue admission (kueue.admission), "-" when not queued
+    usage: str = ""  # a ModelDeployment's replica-hours (and cost) to date
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -99,10 +105,42 @@ def _app_states(service: dict[str, Any]) -> str:
     return ", ".join(f"{n}={(s or {}).get('status', '?')}" for n, s in sorted(apps.items())) or "-"
 
 
+def _usage_text(md: dict[str, Any], now: float) -> str:
+    metered = usage_to_date(md, now)
+    if metered is None:
+        return ""
+    text = f"{metered.replica_hours:.2f} replica-h"
+    if (recorded := ((md.get("status") or {}).get("usage") or {}).get("cost")) is not None:
+        text += f", {recorded.get('currency', '')} {recorded.get('total', 0):.2f}+"
+    return text
+
+
+def _job_row(job: dict[str, Any], workloads: Sequence[dict[str, Any]]) -> Row:
+    meta, st = job["metadata"], job.get("status") or {}
+    groups = ((job.get("spec") or {}).get("rayClusterSpec") or {}).get("workerGroupSpecs") or []
+    workers = sum(int(g.get("replicas") or 0) for g in groups)
+    return Row(
+        namespace=meta.get("namespace", ""),
+        kind="RayJob",
+        name=meta["name"],
+        replicas=f"{workers} worker(s)",
+        ready=st.get("jobDeploymentStatus") or "-",
+        status=st.get("jobStatus") or "-",
+        note="suspended" if (job.get("spec") or {}).get("suspend") else "",
+        queue=admission(job, workloads).text(),
+    )
+
+
 def status_rows(
-    model_deployments: list[dict[str, Any]], ray_services: list[dict[str, Any]]
+    model_deployments: list[dict[str, Any]],
+    ray_services: list[dict[str, Any]],
+    ray_jobs: Sequence[dict[str, Any]] = (),
+    workloads: Sequence[dict[str, Any]] = (),
+    now: float | None = None,
 ) -> list[Row]:
-    """One row per ModelDeployment and per RayService, what `status` prints."""
+    """One row per ModelDeployment, RayService and (rayfleet's) RayJob, what `status` prints;
+    `workloads` are Kueue's, for the queued ones' admission."""
+    now = time.time() if now is None else now
     rows = []
     for md in model_deployments:
         meta, spec, st = md["metadata"], md.get("spec") or {}, md.get("status") or {}
@@ -119,6 +157,12 @@ def status_rows(
             if scaling.get("status") == "True"
             else ready.get("message", "")
         )
+        note = note if not ready.get("status") == "True" else scaling.get("reason", "")
+        rollout = st.get("rollout") or {}
+        if rollout and rollout.get("state") != "Complete":
+            note = f"rollout {rollout.get('state')}: {rollout.get('from')} -> {rollout.get('to')}"
+            if rollout.get("state") == "Failed":
+                note += f" ({rollout.get('message', '')})"
         rows.append(
             Row(
                 namespace=meta.get("namespace", ""),
@@ -127,7 +171,8 @@ def status_rows(
                 replicas=want,
                 ready=str(st.get("readyReplicas", "-")),
                 status=ready.get("reason", "Unknown"),
-                note=note if not ready.get("status") == "True" else scaling.get("reason", ""),
+                note=note,
+                usage=_usage_text(md, now),
             )
         )
     for service in ray_services:
@@ -150,8 +195,10 @@ def status_rows(
                 ready=ready.get("status", "Unknown"),
                 status=_app_states(service),
                 note=f"owned by {crd.KIND} {owner}" if owner else "",
+                queue=admission(service, workloads).text(),
             )
         )
+    rows.extend(_job_row(job, workloads) for job in ray_jobs)
     return rows
 
 
@@ -200,18 +247,38 @@ def status(
         mds = []
         err_console.print(f"note: the {crd.NAME} CRD is not installed", highlight=False)
     services = cluster.list("RayService", ns)
-    rows = status_rows(mds, services)
+    jobs = _optional(cluster, "RayJob", ns, JOB_SELECTOR)
+    workloads = _optional(cluster, "Workload", ns)  # none: Kueue is not installed
+    rows = status_rows(mds, services, jobs, workloads)
     if not rows:
-        console.print(f"no ModelDeployments or RayServices in {ns or 'any namespace'}")
+        console.print(f"no ModelDeployments, RayServices or RayJobs in {ns or 'any namespace'}")
         return
+    queued = any(r.queue != "-" for r in rows)
+    metered = any(r.usage for r in rows)
     table = Table(box=None, pad_edge=False)
     headers = ["NAMESPACE"] if ns is None else []
-    for h in [*headers, "KIND", "NAME", "REPLICAS", "READY", "STATUS", ""]:
+    extra = [*(["QUEUE"] if queued else []), *(["USAGE"] if metered else [])]
+    for h in [*headers, "KIND", "NAME", "REPLICAS", "READY", "STATUS", *extra, ""]:
         table.add_column(h)
     for r in rows:
         cells = [r.namespace] if ns is None else []
-        table.add_row(*cells, r.kind, r.name, r.replicas, r.ready, r.status, r.note)
+        more = [*([r.queue] if queued else []), *([r.usage] if metered else [])]
+        table.add_row(*cells, r.kind, r.name, r.replicas, r.ready, r.status, *more, r.note)
     console.print(table)
+
+
+JOB_SELECTOR = "app.kubernetes.io/part-of=rayfleet"
+
+
+def _optional(
+    cluster: KubeAPI, kind: str, ns: str | None, selector: str | None = None
+) -> list[dict[str, Any]]:
+    """Objects of a kind whose CRD may be missing (RayJob without it is odd; Kueue's
+    Workload is there only with Kueue)."""
+    try:
+        return cluster.list(kind, ns, selector)
+    except NotFoundError:
+        return []
 
 
 @app.command()

@@ -17,6 +17,13 @@ Patches follow what KubeRay does with a RayService edit:
   GenerateHashWithoutReplicasAndWorkersToDelete) and ignores edits that only touch them, so
   the comparison here mutes them too and a replica change never patches `rayClusterConfig`.
 
+A changed model source (another run, sweep or checkpoint URI) changes the application's `args`
+in `serveConfigV2`, so it is the first kind of patch: Serve rolls the replicas in place,
+starting the new version's replicas (which load and verify the checkpoint) before old ones
+drain (`serve.config.ROLLOUT_SURGE_PERCENT`). The status follows it (`rollout`): InProgress
+until Serve runs the new source healthy, then Complete; Failed when the new replicas can't
+start, while the old ones keep serving (the spec stays the desired state: fix or revert it).
+
 Comparisons ask "does the live object already hold every desired value" rather than
 equality, so fields the API server or KubeRay default in never cause a patch loop.
 """
@@ -24,6 +31,8 @@ equality, so fields the API server or KubeRay default in never cause a patch loo
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from rayfleet import usage
 from rayfleet.k8s import crd, pods
 from rayfleet.k8s.kinds import render_model_deployment
 from rayfleet.k8s.options import RenderOptions
@@ -353,6 +363,8 @@ def status(
     *,
     error: str | None = None,
     reason: str | None = None,
+    prices: usage.Prices | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """The ModelDeployment's status from its RayService (as KubeRay reports it).
 
@@ -360,7 +372,8 @@ def status(
     KubeRay has observed its latest spec (it then submits the Serve config), else what it was.
     `readyReplicas` is that count once Serve reports the deployment HEALTHY (all target
     replicas running), else the last known ready count, capped at the target. Under
-    autoscaling Serve picks the count, so neither is reported."""
+    autoscaling Serve picks the count, so neither is reported. `usage` counts replica-seconds
+    from the ready count over time (a sample each time it changes; `prices`: the cost)."""
     meta = obj["metadata"]
     gen = meta.get("generation")
     old = obj.get("status") or {}
@@ -374,7 +387,9 @@ def status(
         out["conditions"] = [
             condition("Ready", False, reason or "InvalidSpec", error, previous, gen),
         ]
-        for key in ("replicas", "readyReplicas", "serveStatus"):
+        for key in (
+            "replicas", "readyReplicas", "serveStatus", "servedSource", "rollout", "usage",
+        ):  # fmt: skip
             if key in old:
                 out[key] = old[key]
         return _drop_none(out)
@@ -392,8 +407,18 @@ def status(
     generation = rs_meta.get("generation")
     observed = generation is not None and rs_status.get("observedGeneration") == generation
     app_state, app = _app_status(ray_service, deployment.name)
-    dep_state = ((app.get("serveDeploymentStatuses") or {}).get(DEPLOYMENT) or {}).get("status")
+    dep = (app.get("serveDeploymentStatuses") or {}).get(DEPLOYMENT) or {}
+    dep_state = dep.get("status")
     out["serveStatus"] = app_state
+    out |= rollout_status(
+        old,
+        source_text(deployment.spec.source),
+        _live_source(ray_service, deployment.name),
+        observed=observed,
+        app_state=app_state,
+        dep=dep,
+        app_message=app.get("message") or "",
+    )
     live_target = _live_target(ray_service, deployment.name)
     if target is not None:
         replicas = live_target if observed and live_target is not None else old.get("replicas")
@@ -403,6 +428,8 @@ def status(
         )
         ready = target if settled else min(old.get("readyReplicas") or 0, target)
         out["readyReplicas"] = ready
+    if metered := _usage(deployment, old.get("usage"), out.get("readyReplicas"), prices, clock()):
+        out["usage"] = metered
 
     kuberay_ready = _kuberay_condition(ray_service, "Ready")
     serving = kuberay_ready.get("status") == "True"
@@ -434,6 +461,124 @@ def status(
         scaling = condition("Scaling", False, "AtTarget", at, previous, gen)
     out["conditions"] = [ready_cond, scaling]
     return _drop_none(out)
+
+
+def _usage(
+    deployment: ModelDeployment,
+    old: dict[str, Any] | None,
+    ready: int | None,
+    prices: usage.Prices | None,
+    now: float,
+) -> dict[str, Any] | None:
+    """status.usage: the previous samples plus the ready count now, when it changed (under
+    autoscaling the count is Serve's and unknown here: the samples so far stand).
+
+    The totals run to the newest sample, not to now: a status that changed with the clock
+    would be rewritten on every reconcile, and each write is an event that reconciles again.
+    Readers add the time since (the count has held since its newest sample): see
+    `usage_to_date`."""
+    samples = [usage.ReplicaSample.model_validate(s) for s in (old or {}).get("samples", [])]
+    if ready is not None:
+        samples = usage.sample(samples, now, ready)
+    if not samples:
+        return None
+    spec = deployment.spec
+    metered = usage.deployment_usage(
+        deployment.metadata.name,
+        samples,
+        until=samples[-1].at,
+        cpus_per_replica=spec.cpus_per_replica,
+        gpus_per_replica=spec.gpus_per_replica,
+        prices=prices,
+    )
+    return metered.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def usage_to_date(
+    md: dict[str, Any], now: float, prices: usage.Prices | None = None
+) -> usage.DeploymentUsage | None:
+    """A ModelDeployment's usage from its status samples up to `now`."""
+    recorded = (md.get("status") or {}).get("usage")
+    if not recorded:
+        return None
+    metered = usage.DeploymentUsage.model_validate(recorded)
+    return usage.deployment_usage(
+        metered.name,
+        metered.samples,
+        until=max(now, metered.samples[-1].at) if metered.samples else now,
+        cpus_per_replica=metered.cpus_per_replica,
+        gpus_per_replica=metered.gpus_per_replica,
+        prices=prices,
+    )
+
+
+def source_text(source: dict[str, Any] | Any) -> str | None:
+    """A ModelDeployment source as one line: `run NAME`, `sweep NAME` or `checkpoint URI`."""
+    if not isinstance(source, dict):
+        source = source.model_dump(exclude_none=True) if source is not None else {}
+    for key in ("checkpoint", "run", "sweep"):
+        if source.get(key):
+            return f"{key} {source[key]}"
+    return None
+
+
+def _live_source(ray_service: dict[str, Any], app: str) -> str | None:
+    """The model source in the RayService's serveConfigV2 for our application."""
+    try:
+        doc = yaml.safe_load(ray_service["spec"].get(SERVE_CONFIG) or "") or {}
+    except yaml.YAMLError:
+        return None
+    apps = doc.get("applications") if isinstance(doc, dict) else None
+    for entry in apps or []:
+        if isinstance(entry, dict) and entry.get("name") == app:
+            spec = (((entry.get("args") or {}).get("spec") or {}).get("spec")) or {}
+            return source_text(spec.get("source"))
+    return None
+
+
+def rollout_status(
+    old: dict[str, Any],
+    desired: str | None,
+    live: str | None,
+    *,
+    observed: bool,
+    app_state: str | None,
+    dep: dict[str, Any],
+    app_message: str = "",
+) -> dict[str, Any]:
+    """`servedSource` and `rollout` of the status: where a change of model source stands.
+
+    `desired` is the spec's source, `live` the one in the RayService's Serve config, `old` the
+    previous status; `dep` is Serve's status of our deployment (status, message)."""
+    served = old.get("servedSource")
+    dep_state = dep.get("status")
+    healthy = observed and live == desired and app_state == "RUNNING" and dep_state == "HEALTHY"
+    if served is None or served == desired:  # no change of source (or the first deploy)
+        out: dict[str, Any] = {"servedSource": desired if healthy else served}
+        if old.get("rollout"):
+            out["rollout"] = old["rollout"]
+        return out
+    rollout = {"from": served, "to": desired}
+    if not observed or live != desired:
+        rollout |= {"state": "InProgress", "message": "waiting for KubeRay to apply the new "
+                    "Serve config"}  # fmt: skip
+    elif healthy:
+        rollout |= {"state": "Complete", "message": f"serving {desired}"}
+        served = desired
+    elif app_state == "DEPLOY_FAILED" or dep_state == "UNHEALTHY":
+        why = (dep.get("message") or app_message or "new replicas failed").strip()
+        why = why.splitlines()[-1][:300] if why else "new replicas failed"
+        rollout |= {
+            "state": "Failed",
+            "message": f"{why}; the old replicas keep serving {served}: fix or revert the source",
+        }
+    else:
+        rollout |= {
+            "state": "InProgress",
+            "message": f"Serve deployment {dep_state or 'starting'}: new replicas load and "
+            "verify the checkpoint before old ones drain",
+        }
+    return {"servedSource": served, "rollout": rollout}
 
 
 def _live_target(ray_service: dict[str, Any], app: str) -> int | None:

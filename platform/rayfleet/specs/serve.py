@@ -21,6 +21,7 @@ from rayfleet.specs.base import (
     UriStr,
     resolve_storage,
 )
+from rayfleet.specs.faulttolerance import GcsFaultToleranceSpec
 from rayfleet.specs.scheduling import SchedulingSpec
 from rayfleet.storage.uri import StorageURI
 
@@ -152,6 +153,11 @@ class ModelDeploymentSpec(SpecModel):
         "probes. Without it Serve's port is unauthenticated: keep it inside the cluster or "
         "behind an authenticating ingress.",
     )
+    gcs_fault_tolerance: GcsFaultToleranceSpec | None = Field(
+        default=None,
+        description="Keep the cluster's state (and Serve's applications) across a head "
+        "restart: KubeRay's GCS fault tolerance on an external Redis or, alpha, on a volume.",
+    )
     scheduling: SchedulingSpec = Field(
         default_factory=SchedulingSpec,
         description="Kueue queue and priority of the rendered RayService (Kueue's RayService "
@@ -162,6 +168,14 @@ class ModelDeploymentSpec(SpecModel):
         description="HTTP ingress in front of the replicas: Ray's bundled HAProxy (fast, the "
         "default) or Serve's Python proxy (serve-proxy). Set on the Ray nodes before Ray "
         "starts, so it holds for every application of one Ray instance.",
+    )
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve the KServe v2 gRPC API (inference.GRPCInferenceService, e.g. "
+        "tritonclient.grpc) on this port; off when unset. Like ingress, a setting of the Ray "
+        "instance's Serve, fixed when Serve starts.",
     )
     expose_source: bool = Field(
         default=False,
