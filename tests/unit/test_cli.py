@@ -186,3 +186,56 @@ def test_loopback_s3_without_moto_names_the_extra(monkeypatch):
         LoopbackS3()
     message = str(err.value)
     assert "\n" not in message and "pip install 'rayfleet[demo]'" in message
+
+
+def test_sweep_results_show_and_sort_by_evaluated_scores(env, tmp_path):
+    """Trials scored by `rayfleet evaluate` (evaluation.json beside a checkpoint) show those
+    scores; --sort-by orders by one (log loss: lowest first); an unknown or absent score is
+    one line, exit 2."""
+    from rayfleet.evaluation.document import EVALUATION_FILE
+    from rayfleet.storage.checkpoints import checkpoint_dir_name, write_manifest
+    from rayfleet.storage.filesystem import filesystem_for, write_bytes
+    from rayfleet.storage.uri import parse_uri
+    from rayfleet.tune.documents import dump_best
+
+    sweep, best = _sweep_table()
+    store = tmp_path / "store"
+    uri = parse_uri(str(store / "sweeps" / "s"))
+    results.write_table(uri, sweep)
+    write_bytes(filesystem_for(uri), uri.join("best.json").fs_path, dump_best(best))
+
+    def evaluated(trial, accuracy, log_loss):
+        folder = store / "sweeps" / "s" / trial / "train" / checkpoint_dir_name(0, "0abc")
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(b"weights")
+        write_manifest(folder, {"epoch": 0})
+        per_class = [
+            {"name": n, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 5} for n in "ab"
+        ]
+        average = {"precision": accuracy, "recall": accuracy, "f1": accuracy, "support": 10}
+        doc = {
+            "checkpoint": str(folder), "manifestSha256": "0" * 64, "via": "checkpoint",
+            "dataset": "d", "split": "val", "evaluatedAt": "2026-12-02T00:00:00Z",
+            "classNames": ["a", "b"],
+            "metrics": {
+                "examples": 10, "accuracy": accuracy, "perClass": per_class,
+                "macroAvg": average, "weightedAvg": average, "logLoss": log_loss,
+                "confusionMatrix": [[5, 0], [0, 5]],
+            },
+            "plots": {"confusion": "c.png", "roc": "r.png"},
+        }  # fmt: skip
+        (folder / EVALUATION_FILE).write_text(json.dumps(doc))
+
+    evaluated("t1", 0.90, 0.30)
+    evaluated("t2", 0.95, 0.20)
+    args = ("sweep", "results", "s", "--storage", str(store))
+    doc = json.loads(_invoke(*args, "--sort-by", "log_loss", "-o", "json").output)
+    assert [t["trialId"] for t in doc["trials"]] == ["t2", "t1"]
+    assert doc["trials"][0]["evaluation"]["accuracy"] == 0.95
+    text = _invoke(*args, "--sort-by", "accuracy")
+    assert text.exit_code == 0, text.output
+    assert "eval accuracy" in text.output and "sorted by eval accuracy" in text.output
+    bad = _invoke(*args, "--sort-by", "speed")
+    assert bad.exit_code == 2 and "is not an evaluated score" in bad.output
+    missing = _invoke(*args, "--sort-by", "roc_auc")
+    assert missing.exit_code == 2 and "no trial has an evaluated roc_auc" in missing.output

@@ -39,12 +39,27 @@ app = typer.Typer(
 _STYLE = {"DONE": "green", "STOPPED": "yellow", "ERROR": "red", "RUNNING": "cyan"}
 
 
-def render_table(sweep: SweepTable, best: BestTrial | None = None) -> Table:
-    """The trial table: params, epochs run, the metric, and state; the best row marked."""
+# Evaluated scores `sweep results` shows when trials were evaluated (and the one sorted by).
+_EVAL_COLUMNS = ("accuracy", "macro_f1", "log_loss")
+
+
+def render_table(
+    sweep: SweepTable,
+    best: BestTrial | None = None,
+    *,
+    evaluated: dict[str, dict[str, float]] | None = None,
+    order: list | None = None,
+    sort_key: str | None = None,
+) -> Table:
+    """The trial table: params, epochs run, the metric, and state; the best row marked; with
+    `evaluated` (trial id -> `rayfleet evaluate` scores), those scores too, in `order`."""
     params = list(sweep.trials[0].params) if sweep.trials else []
     best_id = best.trial_id if best else None
+    scores = evaluated or {}
+    shown = [*_EVAL_COLUMNS, *([sort_key] if sort_key and sort_key not in _EVAL_COLUMNS else [])]
+    shown = shown if scores else []
     rows = []
-    for row in sweep.trials:
+    for row in order or sweep.trials:
         state = f"[{_STYLE.get(row.state, 'white')}]{row.state}[/]"
         if row.trial_id == best_id:
             state += " [bold]best[/]"
@@ -56,17 +71,20 @@ def render_table(sweep: SweepTable, best: BestTrial | None = None) -> Table:
                 *[_fmt(row.params.get(k)) for k in params],
                 f"{row.epochs_done}/{sweep.epochs}",
                 _fmt(row.value),
+                *[_fmt(scores.get(row.trial_id, {}).get(k)) for k in shown],
                 state,
             )
         )
     headers = [_short(k, params) for k in params]
+    eval_headers = [f"eval {k}" for k in shown]
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(sweep.counts().items()))
+    by = f"; sorted by eval {sort_key}" if sort_key else ""
     return table(
-        ["trial", *headers, "epochs", sweep.metric, "state"],
+        ["trial", *headers, "epochs", sweep.metric, *eval_headers, "state"],
         rows,
         title=f"sweep {sweep.sweep}: {sweep.mode} {sweep.metric}",
-        caption=f"{counts}; {sweep.epochs_consumed} epochs trained",
-        right=[*headers, "epochs", sweep.metric],
+        caption=f"{counts}; {sweep.epochs_consumed} epochs trained{by}",
+        right=[*headers, "epochs", sweep.metric, *eval_headers],
     )
 
 
@@ -240,10 +258,12 @@ def sweep_doc(
     return doc
 
 
-def _print_outcome(sweep: SweepTable, best: BestTrial | None, used: dict[str, Any]) -> None:
+def _print_outcome(
+    sweep: SweepTable, best: BestTrial | None, used: dict[str, Any], **evaluated: Any
+) -> None:
     from rayfleet.usage import summary
 
-    print_table(render_table(sweep, best))
+    print_table(render_table(sweep, best, **evaluated))
     for line in summary(used):
         console.print(f"usage: {line}", highlight=False)
     if best:
@@ -264,17 +284,49 @@ def show_results(
         None, "--storage", help="Storage URI the sweep ran in (default: $RAYFLEET_STORAGE)."
     ),
     prices: Path | None = PricesOption,
+    sort_by: str | None = typer.Option(
+        None,
+        "--sort-by",
+        help="Order trials by a `rayfleet evaluate` score of their checkpoints: "
+        "accuracy, macro_f1, weighted_f1, macro_precision, macro_recall, roc_auc, log_loss.",
+    ),
     output: Output = OutputOption,
 ) -> None:
     """Print a sweep's trial table, best trial and usage (cost with a price table, and what
-    early stopping saved), from storage alone."""
-    from rayfleet.tune.results import require_results, sweep_usage
+    early stopping saved), from storage alone; trials scored by `rayfleet evaluate` show
+    those scores too."""
+    from rayfleet.errors import BadInputError
+    from rayfleet.tune.results import (
+        EVALUATED,
+        require_results,
+        sort_by_evaluation,
+        sweep_usage,
+        trial_evaluations,
+    )
+    from rayfleet.tune.trial import trial_run_uri
     from rayfleet.usage import load_prices
 
+    if sort_by is not None and sort_by not in EVALUATED:
+        raise BadInputError(
+            f"--sort-by {sort_by!r} is not an evaluated score; use one of {', '.join(EVALUATED)}"
+        )
     price_table = load_prices(prices)
     uri = resolve_storage(storage).join("sweeps", name)
     found, best = require_results(uri, name)
     used = sweep_usage(uri, found, price_table).model_dump(mode="json", by_alias=True)
+    scores = trial_evaluations(found, lambda trial_id: trial_run_uri(uri, trial_id))
+    if sort_by is not None and not any(sort_by in s for s in scores.values()):
+        raise BadInputError(
+            f"sweep {name}: no trial has an evaluated {sort_by}; run `rayfleet evaluate "
+            f"--checkpoint URI` on the trials' checkpoints first (or --sweep {name} for the best)"
+        )
+    order = sort_by_evaluation(found, scores, sort_by) if sort_by else found.trials
     if output is Output.json:
-        return print_json(sweep_doc(found, best, used=used))
-    _print_outcome(found, best, used)
+        doc = sweep_doc(found, best, used=used)
+        by_id = {t["trialId"]: t for t in doc["trials"]}
+        doc["trials"] = [by_id[row.trial_id] for row in order]
+        for trial in doc["trials"]:
+            if trial["trialId"] in scores:
+                trial["evaluation"] = scores[trial["trialId"]]
+        return print_json(doc)
+    _print_outcome(found, best, used, evaluated=scores, order=order, sort_key=sort_by)

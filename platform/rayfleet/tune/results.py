@@ -15,9 +15,10 @@ from typing import TypeVar
 
 from rayfleet import record, usage
 from rayfleet.errors import StorageError, WorkFailedError
+from rayfleet.evaluation.document import EVALUATION_FILE, Evaluation
 from rayfleet.storage import documents
-from rayfleet.storage.checkpoints import newest_verified
-from rayfleet.storage.filesystem import exists, filesystem_for, write_bytes
+from rayfleet.storage.checkpoints import list_checkpoints, newest_verified
+from rayfleet.storage.filesystem import exists, filesystem_for, read_bytes, write_bytes
 from rayfleet.storage.uri import StorageURI
 from rayfleet.tune.documents import (
     BEST_FILE,
@@ -46,6 +47,7 @@ __all__ = [
     "row_state",
     "sweep_usage",
     "table_exists",
+    "trial_evaluations",
     "write_table",
     "write_usage",
 ]
@@ -167,3 +169,49 @@ def write_usage(uri: StorageURI, sweep, found: usage.SweepUsage) -> None:
         doc["updated"] = record.now()
 
     record.update(filesystem_for(uri), uri, change)
+
+
+# `rayfleet evaluate` scores, by the name `sweep results --sort-by` takes; True: higher is better.
+EVALUATED = {
+    "accuracy": True,
+    "macro_f1": True,
+    "weighted_f1": True,
+    "macro_precision": True,
+    "macro_recall": True,
+    "roc_auc": True,
+    "log_loss": False,
+}
+
+
+def trial_evaluations(
+    table: SweepTable, run_uri_of: Callable[[str], StorageURI]
+) -> dict[str, dict[str, float]]:
+    """Each trial's `rayfleet evaluate` scores (`Scores.flat`), from the evaluation.json of
+    its newest checkpoint that has one; trials never evaluated are left out. A document that
+    does not parse is skipped, as if absent: it is a report, not an input."""
+    found: dict[str, dict[str, float]] = {}
+    for row in table.trials:
+        run = run_uri_of(row.trial_id)
+        fs = filesystem_for(run)
+        for _, path in list_checkpoints(fs, run.fs_path):
+            if not exists(fs, f"{path}/{EVALUATION_FILE}"):
+                continue
+            try:
+                doc = Evaluation.model_validate_json(read_bytes(fs, f"{path}/{EVALUATION_FILE}"))
+            except ValueError:
+                continue
+            found[row.trial_id] = doc.metrics.flat("")
+            break
+    return found
+
+
+def sort_by_evaluation(
+    table: SweepTable, scores: dict[str, dict[str, float]], key: str
+) -> list[TrialRow]:
+    """The trials best first by an evaluated score (EVALUATED says which way is better);
+    trials without that score last, in table order."""
+    better_high = EVALUATED[key]
+    scored = [r for r in table.trials if key in scores.get(r.trial_id, {})]
+    rest = [r for r in table.trials if r not in scored]
+    scored.sort(key=lambda r: scores[r.trial_id][key], reverse=better_high)
+    return [*scored, *rest]
