@@ -241,3 +241,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(store, args, expect):
     assert done.exit_code == 2, done.output
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], lines
     assert _snapshot(store) == before
+
+
+def test_a_compressed_checkpoint_is_evaluated_on_the_dataset_its_lineage_names():
+    """`rayfleet compress` writes no run record; its manifest's lineage names the dataset."""
+    from rayfleet.evaluation.source import _compressed_from
+
+    meta = {"compression": {"evaluation": {"dataset": "s3://team-bucket/datasets/digits", "split": "val"}}}
+    assert str(_compressed_from(meta, None)) == "s3://team-bucket/datasets/digits"
+    calibrated = {"compression": {"calibration": {"dataset": "s3://team-bucket/datasets/x", "rows": 9}}}
+    assert str(_compressed_from(calibrated, None)) == "s3://team-bucket/datasets/x"
+    assert _compressed_from({"epoch": 1}, None) is None

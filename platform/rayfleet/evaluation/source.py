@@ -169,10 +169,27 @@ def run_facts(checkpoint: Checkpoint, storage: str | None) -> RunFacts:
             dataset = resolve_storage(spec.get("storage") or storage).join("datasets", raw)
         else:
             dataset = parse_uri(raw)
+    if dataset is None:
+        dataset = _compressed_from(checkpoint.meta, storage)
     tracking = _tracking(spec)
     if tracking is None and checkpoint.sweep_uri is not None:
         tracking = _tracking(_spec_in_record(checkpoint.sweep_uri))
     return RunFacts(dataset, tracking)
+
+
+def _compressed_from(meta: dict[str, Any], storage: str | None) -> StorageURI | None:
+    """A `rayfleet compress` checkpoint has no record of its own: the dataset its lineage
+    measured it on (meta.compression.evaluation, else .calibration) is its source's."""
+    lineage = meta.get("compression") if isinstance(meta.get("compression"), dict) else {}
+    for part in ("evaluation", "calibration"):
+        raw = (lineage.get(part) or {}).get("dataset")
+        if isinstance(raw, str) and raw:
+            return (
+                resolve_storage(storage).join("datasets", raw)
+                if is_dataset_name(raw)
+                else parse_uri(raw)
+            )
+    return None
 
 
 def dataset_uri(given: str | None, facts: RunFacts, checkpoint: Checkpoint, storage: str | None):
