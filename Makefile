@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo unit lint security test test-all bench clean
+.PHONY: venv demo unit lint security test test-all bench clean grpc-client grpc-stubs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,25 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# A stock KServe v2 gRPC client (tritonclient[grpc]) in a venv of its own: it needs
+# protobuf<7, Ray 2.60 needs protobuf 7. tests/integration/test_serve_grpc.py runs it by
+# subprocess (and skips without it). Adds ~60 s to a fresh `make test`.
+GRPC_CLIENT := .venv-grpc-client
+GRPC_CLIENT_STAMP := $(GRPC_CLIENT)/.installed
+
+$(GRPC_CLIENT_STAMP): constraints-grpc-client.txt
+	$(PYTHON) -m venv $(GRPC_CLIENT)
+	$(GRPC_CLIENT)/bin/pip install --quiet --upgrade pip==25.3
+	$(GRPC_CLIENT)/bin/pip install --quiet -c constraints-grpc-client.txt "tritonclient[grpc]"
+	touch $(GRPC_CLIENT_STAMP)
+
+grpc-client: $(GRPC_CLIENT_STAMP)
+
+# The committed KServe v2 gRPC stubs, regenerated from their .proto (grpcio-tools, dev extra).
+grpc-stubs: $(STAMP)
+	cd platform && ../$(BIN)/python -m grpc_tools.protoc -I . --python_out=. \
+		--grpc_python_out=. rayfleet/serve/grpc/predict_v2.proto
 
 # The quickstart: a loopback S3 server, digits imported into it, 2-worker DDP training.
 demo: $(STAMP)
@@ -33,8 +52,8 @@ security: $(STAMP)
 	$(BIN)/python -m pytest -m "security and not slow" tests
 
 # Lint, then unit, k8s and integration tests (local Ray, loopback S3 server); the CI gate.
-test: lint
-	$(BIN)/python -m pytest -m "not slow" tests
+test: lint $(GRPC_CLIENT_STAMP)
+	$(BIN)/python -m pytest -m "not slow" --durations=30 tests
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -49,6 +68,8 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/serve_latency.py
 	$(BIN)/python tests/benchmarks/startup.py
 	$(BIN)/python tests/benchmarks/node_loss.py
+	$(BIN)/python tests/benchmarks/preemption.py
+	$(BIN)/python tests/benchmarks/compress.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(GRPC_CLIENT) .pytest_cache

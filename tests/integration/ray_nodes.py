@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -140,6 +141,39 @@ class RayWorkerNode:
         if self.proc is not None:
             self.proc.wait(10)
         return pids
+
+    def drain(self, deadline_s: float, reason: str = "DRAIN_NODE_REASON_PREEMPTION") -> float:
+        """Tell the GCS this node will be taken away in `deadline_s` seconds, as a cloud's
+        preemption notice does: the GCS DrainNode call that `ray drain-node` and the
+        autoscaler make, with the deadline taken right before the call (importing Ray takes
+        seconds on a loaded machine). Ray does not stop the node itself: `kill()` it at the
+        deadline. Returns the deadline (UNIX seconds)."""
+        script = (
+            "import sys, time, ray\n"
+            "from ray.core.generated import autoscaler_pb2\n"
+            "client = ray._raylet.GcsClient(address=sys.argv[1])\n"
+            "reason = autoscaler_pb2.DrainNodeReason.Value(sys.argv[3])\n"
+            "deadline_ms = int((time.time() + float(sys.argv[4])) * 1000)\n"
+            "ok, why = client.drain_node(sys.argv[2], reason, 'test: reclaimed', deadline_ms)\n"
+            "print(deadline_ms) if ok else sys.exit(f'drain refused: {why}')\n"
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                f"127.0.0.1:{self.head.gcs_port}",
+                str(self.node_id),
+                reason,
+                str(deadline_s),
+            ],
+            env=self.head.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return int(done.stdout.strip().splitlines()[-1]) / 1000
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -9,7 +9,8 @@ from the newest verified checkpoint and ends with exactly the metrics of an unin
 
 Default run: the elastic shrink test only (a 2-node span, checkpoints in S3, node loss, the
 run finishing on one worker). Slow (`-m slow`): the uninterrupted reference run, growing
-back when a node joins, and the fixed-size run waiting for a replacement node.
+back when a node joins, the fixed-size run waiting for a replacement node, the bound on that
+wait, and a preemption notice answered with a just-in-time checkpoint.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def node(head):
 class Driver:
     """`rayfleet run -o json` against the cluster, its stderr (progress, logs) collected."""
 
-    def __init__(self, head: RayHead, name: str, *overrides: str):
+    def __init__(self, head: RayHead, name: str, *overrides: str, spec: str = SPEC):
         self.name = name
         env = {
             **head.env,
@@ -78,7 +79,7 @@ class Driver:
         # Later --set wins: a test may override the epochs.
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rayfleet", "run", SPEC, "-o", "json"]
+            [sys.executable, "-m", "rayfleet", "run", spec, "-o", "json"]
             + [f"--set={item}" for item in [*sets, *overrides]],
             env=env,
             cwd=REPO,
@@ -102,7 +103,10 @@ class Driver:
                 raise AssertionError(f"driver exited before {text!r}: {self.tail()}")
             return next((t for t, line in list(self.lines) if text in line), None)
 
-        return poll(seen, timeout=timeout, interval=0.25, what=repr(text))
+        def missing() -> AssertionError:
+            return AssertionError(f"no {text!r} in {timeout} s: {self.tail()}")
+
+        return poll(seen, timeout=timeout, interval=0.25, what=repr(text), on_timeout=missing)
 
     def tail(self) -> str:
         return "\n".join(line for _, line in self.lines[-40:])
@@ -317,3 +321,95 @@ def test_fixed_size_run_waits_for_a_replacement_node_and_matches_the_reference(
     assert result["epoch"] == EPOCHS - 1
     assert result["metrics"] == reference["result"]["metrics"]
     _assert_checkpoints_verify("mn-fixed")
+
+
+def _checkpoint_meta(name: str, checkpoint: str) -> dict:
+    uri = _run_uri(name)
+    fs = filesystem_for(uri)
+    result = verify(fs, f"{uri.fs_path}/{checkpoint}")
+    assert result.ok, result.reason
+    return result.manifest["meta"]
+
+
+@pytest.mark.slow
+def test_preemption_notice_checkpoints_just_in_time_and_the_run_resumes_there(head, node):
+    """The worker node gets a preemption notice (Ray's drain API, reason PREEMPTION, a 30 s
+    deadline) and a replacement node starts joining, as a spot node pool does. Before the
+    deadline every rank finishes its step and rank 0 writes a verified mid-epoch
+    checkpoint; training goes on; at the deadline the node is killed; the run resumes from
+    that checkpoint at its step on two workers again and finishes."""
+    name, notice_s = "mn-preempt", 30
+    driver = Driver(
+        head,
+        name,
+        "spec.run.epochs=40",
+        "spec.run.batchSize=8",  # 89 steps an epoch: the notice lands mid-epoch
+        # No epoch checkpoints but the last: without the notice the run would start over,
+        # and the resume can only come from the just-in-time checkpoint.
+        "spec.checkpoint.everyEpochs=100",
+    )
+    joining: dict = {}
+    try:
+        _wait_for_epoch(driver, 0)
+        on = _alive_train_workers(head)
+        assert len(on) == 2 and node.node_id in on, on
+        deadline = node.drain(notice_s)
+        started = threading.Thread(
+            target=lambda: joining.update(node=RayWorkerNode(head, name="spot-next").start()),
+            daemon=True,
+        )
+        started.start()
+        driver.wait_for_line("just-in-time checkpoint", timeout=notice_s + 5)
+        notice = next(text for _, text in driver.lines if "preemption notice for node" in text)
+        line = next(text for _, text in driver.lines if "just-in-time checkpoint" in text)
+        print(f"preemption: {notice}\npreemption: {line}")
+        checkpoint = line.split("just-in-time checkpoint ", 1)[1].split()[0]
+        # Written (saved and uploaded) before the deadline, by rank 0's clock.
+        assert float(line.split(", ")[-1].split(" s before")[0]) > 0, line
+        time.sleep(max(0.0, deadline - time.time()))
+        assert driver.proc.poll() is None, driver.tail()  # trained on until the node went
+        node.kill()
+        meta = _checkpoint_meta(name, checkpoint)
+        assert meta["preemption"]["step"] > 0 and meta["preemption"]["worldSize"] == 2, meta
+        driver.wait_for_line(f"resuming from {checkpoint}", timeout=300)
+        started.join(240)
+        result = driver.result(timeout=600)
+    finally:
+        driver.stop()
+        if "node" in joining:
+            joining["node"].stop()
+    resumed = next(text for _, text in driver.lines if f"resuming from {checkpoint}" in text)
+    assert f"step {meta['preemption']['step']}" in resumed and "on 2 worker(s)" in resumed
+    assert result["epoch"] == 39 and result["metrics"]["val_accuracy"] > 0.8
+    assert sorted(set(_epochs_recorded(name))) == list(range(40))
+    _assert_checkpoints_verify(name)
+
+
+@pytest.mark.slow
+def test_fixed_size_run_waits_for_room_at_most_the_bound_then_fails_in_one_line(head):
+    """numWorkers 2 on the 1-CPU head alone (the worker node is gone and none replaces it):
+    with failure.replacementWaitSeconds 30 (two Ray Train start attempts of 15 s here, the
+    head's RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S) the run says once, after the first, that
+    it waits, and fails after the second with the line that names the knob, without
+    relaunching."""
+    nodes = poll(lambda: alive_nodes(head) or None, timeout=60, interval=1, what="the head")
+    assert all(n["is_head"] for n in nodes), f"a worker node of another test is alive: {nodes}"
+    driver = Driver(head, "mn-no-room", "spec.failure.replacementWaitSeconds=30")
+    try:
+        out, _ = driver.proc.communicate(timeout=300)
+        driver._reader.join(5)
+    finally:
+        driver.stop()
+    ended = time.monotonic()
+    elapsed = ended - driver.started
+    lines = [text for _, text in driver.lines]
+    waiting = [text for text in lines if "waiting up to 30 s in all" in text]
+    assert driver.proc.returncode == 1, driver.tail()
+    assert len(waiting) == 1 and "no room for 2 worker(s) for 15 s" in waiting[0], driver.tail()
+    failure = [
+        text for text in lines if "after waiting 30 s (failure.replacementWaitSeconds)" in text
+    ]
+    assert failure and "relaunching" not in "\n".join(lines), driver.tail()
+    said = next(t for t, text in driver.lines if "waiting up to 30 s in all" in text)
+    assert ended - said >= 10, "the second 15 s attempt ran after the waiting line"
+    print(f"no room: waiting line, failed {ended - said:.1f} s later ({elapsed:.1f} s in all)")

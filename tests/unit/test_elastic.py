@@ -97,3 +97,164 @@ def test_batch_is_per_worker_and_the_rate_is_not_rescaled_across_resizes():
     steps = {w: (shard_range(rows, 0, w, equal=True)[1] // batch) for w in (1, 2)}
     assert steps[1] >= 2 * steps[2]  # one worker: twice the steps of 32 rows each
     assert steps[2] * batch * 2 <= rows  # two workers: 64 rows per global step
+
+
+# ------------------------------------------------------------------ preemption notices
+
+
+def test_checkpoint_waits_while_one_more_step_and_the_save_still_fit():
+    """The just-in-time checkpoint comes as late as possible: with 10 s left, a 0.5 s step
+    and a 2 s save, not yet; once fewer than step + save + slack seconds are left, now."""
+    from rayfleet.train.preemption import SLACK_S, checkpoint_due
+
+    due = {
+        left: checkpoint_due(now_ms=0, deadline_ms=int(left * 1000), step_s=0.5, save_s=2.0)
+        for left in (10.0, 3.5, 0.5 + 2.0 + SLACK_S + 0.01, 0.5 + 2.0 + SLACK_S - 0.01, -1.0)
+    }
+    assert list(due.values()) == [False, False, False, True, True]
+
+
+def test_a_notice_without_a_deadline_checkpoints_at_once():
+    from rayfleet.train.preemption import checkpoint_due
+
+    assert checkpoint_due(now_ms=0, deadline_ms=None, step_s=0.1, save_s=0.1)
+
+
+@pytest.mark.parametrize(
+    ("step_s", "every_s", "steps"),
+    [(0.01, 1.0, 100), (0.3, 1.0, 3), (2.0, 1.0, 1), (0.0, 1.0, 1), (None, 1.0, 1)],
+)
+def test_checks_are_spaced_by_seconds_of_training(step_s, every_s, steps):
+    from rayfleet.train.preemption import steps_per_check
+
+    assert steps_per_check(step_s, every_s) == steps
+
+
+class _Rank0Collectives:
+    """Ray Train's two collectives as a single rank sees them: its own value comes back
+    (rank 0 is the one whose value every rank gets). `notice` is what Ray reports now."""
+
+    def __init__(self):
+        self.notice = None
+        self.asked_at: list[int] = []
+        self.broadcasts = 0
+
+    def get_info(self):
+        return self.notice
+
+    def broadcast(self, value):
+        self.broadcasts += 1
+        return value
+
+
+def test_notice_watch_asks_ray_once_a_second_and_checkpoints_once_per_notice():
+    """0.1 s steps: after 5 timing steps the cadence becomes every 10 steps (one collective
+    a second, nothing in between). A notice with 6 s left and a 2 s save estimate: training
+    goes on until one more step plus the save would not fit, then exactly one checkpoint;
+    the same notice is not acted on twice, a new one is."""
+    from types import SimpleNamespace
+
+    from rayfleet.train.preemption import NoticeWatch
+
+    ray = _Rank0Collectives()
+    wall = [0.0]
+    ticks = iter(range(1_000_000))
+    watch = NoticeWatch(
+        rank=0,
+        check_every_s=1.0,
+        enabled=True,
+        get_info=lambda: (ray.asked_at.append(watch.steps), ray.notice)[1],
+        broadcast=ray.broadcast,
+        clock=lambda: next(ticks) * 0.1,
+        wall_ms=lambda: wall[0],
+    )
+    assert not any(watch.step() for _ in range(30))
+    assert watch.every == 10 and ray.asked_at == [5, 15, 25]
+
+    ray.notice = SimpleNamespace(deadline_ms=6_050, preempted_node_ids=["n1"])
+    due_at = []
+    for _ in range(60):
+        wall[0] += 100  # 0.1 s of wall clock per step
+        if watch.step():
+            due_at.append(watch.steps)
+    # Seen at the check of step 35 (5.55 s left); due at step 50, the first with less than
+    # 0.1 + 3.0 (the save estimate before any save) + 1.0 s left (4.05 s).
+    assert due_at == [50]
+    assert ray.asked_at[-1] == 90  # back to a check a second, the handled notice ignored
+
+    ray.notice = SimpleNamespace(deadline_ms=None, preempted_node_ids=["n2"])
+    assert not any(watch.step() for _ in range(9)) and watch.step()  # next check: at once
+
+
+def test_no_collective_at_all_where_ray_train_watches_no_drains(monkeypatch):
+    """rayfleet's embedded single-node Ray turns Ray Train's drain watcher off: no notice can
+    come, so a step never pays for the barrier that asks for one."""
+    from rayfleet.train.preemption import WATCHER_ENV, NoticeWatch
+
+    def collective(*_):
+        raise AssertionError("a collective was called")
+
+    monkeypatch.setenv(WATCHER_ENV, "0")
+    watch = NoticeWatch(rank=0, get_info=collective, broadcast=collective)
+    assert not watch.enabled and not any(watch.step() for _ in range(100))
+    monkeypatch.delenv(WATCHER_ENV)
+    assert NoticeWatch(rank=0, get_info=collective, broadcast=collective).enabled
+
+
+def test_the_save_estimate_is_the_slowest_recent_checkpoint_with_margin():
+    from rayfleet.train.preemption import DEFAULT_SAVE_ESTIMATE_S, SAVE_MARGIN, NoticeWatch
+
+    watch = NoticeWatch(rank=1, get_info=lambda: None, broadcast=lambda v: v)
+    assert watch.save_s == DEFAULT_SAVE_ESTIMATE_S
+    for seconds in (0.4, 1.5, 0.6, 0.7):
+        watch.saved(seconds)
+    assert watch.save_s == SAVE_MARGIN * 1.5
+    watch.saved(0.5)
+    assert watch.save_s == SAVE_MARGIN * 0.7  # the last three
+
+
+def test_a_mid_epoch_checkpoint_resumes_at_its_step_on_the_same_world_size():
+    from pathlib import Path
+
+    from rayfleet.train.preemption import POSITION_KEY
+    from rayfleet.train.session import Resume
+
+    whole = Resume(Path("."), epoch=4, meta={})
+    assert (whole.next_epoch, whole.first_step(2)) == (5, 0)
+    mid = Resume(Path("."), epoch=4, meta={POSITION_KEY: {"step": 9, "worldSize": 2}})
+    assert (mid.next_epoch, mid.first_step(2)) == (4, 9)
+    # Resumed on one worker (elastic): the same share of the epoch, 18 of its steps.
+    assert mid.first_step(1) == 18 and mid.first_step(4) == 4
+
+
+# ------------------------------------------------------------------ waiting for room
+
+
+def test_the_wait_for_room_is_bounded_by_start_attempts():
+    """failure.replacementWaitSeconds becomes Ray Train's start timeout x attempts: 30 s
+    attempts by default, or the start timeout already in the environment."""
+    from rayfleet.train.waiting import wait_bound
+
+    bound = wait_bound(600, {})
+    assert (bound.start_timeout_s, bound.attempts, bound.controller_failure_limit) == (30, 20, 19)
+    assert wait_bound(20, {}).attempts == 1 and wait_bound(20, {}).start_timeout_s == 20
+    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15"}
+    assert (wait_bound(40, env).start_timeout_s, wait_bound(40, env).attempts) == (15, 3)
+
+
+def test_replacement_wait_is_a_failure_field_with_a_documented_default():
+    failure = load_spec(DIGITS).spec.failure
+    assert failure.replacement_wait_seconds == 600
+    props = json_schema("TrainJob")["$defs"]["FailureSpec"]["properties"]
+    assert "replacementWaitSeconds" in props
+    with pytest.raises(SpecError, match=r"spec\.failure\.replacementWaitSeconds"):
+        load_spec(DIGITS, ["spec.failure.replacementWaitSeconds=0"])
+
+
+def test_giving_up_names_the_knob_and_the_ways_out():
+    from rayfleet.train.waiting import gave_up_line, wait_bound, waiting_line
+
+    line = gave_up_line(2, 600)
+    assert "2 worker(s)" in line and "600 s" in line and "failure.replacementWaitSeconds" in line
+    assert "scaling.minWorkers" in line and "\n" not in line
+    assert "up to 600 s" in waiting_line(2, wait_bound(600, {}))

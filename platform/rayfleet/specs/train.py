@@ -144,6 +144,13 @@ class FailureSpec(SpecModel):
         le=100,
         description="Relaunches of the whole run after controller or storage errors.",
     )
+    replacement_wait_seconds: float = Field(
+        default=600,
+        ge=1,
+        le=604_800,
+        description="How long a run waits for room for its workers (numWorkers, or "
+        "minWorkers when elastic), e.g. for a node to replace a lost one, before it fails.",
+    )
 
 
 class TrainJobSpec(SpecModel):

@@ -14,6 +14,7 @@ The order matters and is the point of this module:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.lease import Lease
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI
+from rayfleet.train import waiting
 from rayfleet.train.recipes import RECIPES, check_dataset
 
 Event = dict[str, Any]
@@ -41,6 +43,13 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.5
 _STORAGE_WAIT_S = 120.0
+# Ray Train's controller polls its workers every 2 s by default, so every run, and every sweep
+# trial, ended up to ~4 s after its loop returned: 4.17 s from the loop's end to fit()
+# returning, against 1.34 s at 0.5 s (medians of 4 fits each, 2 workers, the 2-core VM). A
+# poll is one actor call per worker, and only a poll hanging for minutes marks a worker dead
+# (RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S). The user's own setting wins.
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
 @dataclass
@@ -202,6 +211,9 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Read by the controller Ray Train starts in fit(), which gets the driver's value.
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
+
     from rayfleet.train.reporting import RunReporter
     from rayfleet.train.session import worker_main
 
@@ -210,6 +222,8 @@ def build_trainer(
     parent, _, name = run_uri.fs_path.rpartition("/")
     config = _train_config(job, channel, sys_path or [], run_uri)
     resources = {"CPU": spec.scaling.cpus_per_worker}
+    wait = waiting.wait_bound(spec.failure.replacement_wait_seconds)
+    waiting.apply(wait)
     if spec.scaling.gpus:
         resources["GPU"] = spec.scaling.gpus
     return TorchTrainer(
@@ -230,7 +244,11 @@ def build_trainer(
             name=name,
             storage_path=parent,
             storage_filesystem=filesystem_for(run_uri),
-            failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+            failure_config=FailureConfig(
+                max_failures=spec.failure.max_failures,
+                # Waiting for room (a lost node's replacement) is bounded: see train.waiting.
+                controller_failure_limit=wait.controller_failure_limit,
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             callbacks=[
                 RunReporter(
@@ -239,6 +257,7 @@ def build_trainer(
                     epochs=job.epochs_planned(),
                     next_epoch=next_epoch,
                 ),
+                waiting.waiting_callback(channel, spec.scaling.fewest_workers, wait),
                 *(callbacks or []),
             ],
         ),
@@ -254,6 +273,8 @@ def retry_reason(exc: BaseException) -> str | None:
     """
     from ray.train import ControllerError, WorkerGroupError
 
+    if waiting.waited_too_long(exc):
+        return None  # it waited failure.replacementWaitSeconds for room already
     if isinstance(exc, ControllerError):
         return f"controller error: {str(exc.controller_failure).splitlines()[0][:160]}"
     if isinstance(exc, WorkerGroupError) and exc.worker_failures:
@@ -325,7 +346,13 @@ def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler, last: Event
         if event.get("type") == "epoch":
             last.update(event)
             try:
-                record.add_epoch(fs, run_uri, epoch=event["epoch"], metrics=event["metrics"])
+                record.add_epoch(
+                    fs,
+                    run_uri,
+                    epoch=event["epoch"],
+                    metrics=event["metrics"],
+                    workers=event.get("workers"),
+                )
             except (OSError, StorageError) as exc:
                 # A storage blip must not stop training (or the progress line); the record
                 # misses this epoch, and a resume fills such holes from its checkpoint.
@@ -428,8 +455,11 @@ def run_train_job(
 
                 ray.shutdown()
         if error is not None:
+            wait_s = job.spec.failure.replacement_wait_seconds
             record.write(fs, run_uri, job, status="FAILED", error=str(error), attempts=attempts)
             detail = str(error).strip().splitlines()[-1][:300]
+            if waiting.waited_too_long(error):
+                detail = waiting.gave_up_line(job.spec.scaling.fewest_workers, wait_s)
             raise WorkFailedError(
                 f"run {job.name} failed after {attempts} attempt(s): {detail}; "
                 f"logs: rerun with --verbose; state so far: {run_uri}"

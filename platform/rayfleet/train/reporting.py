@@ -26,6 +26,7 @@ from ray.train import Checkpoint
 from ray.train.v2.api.callback import UserCallback
 
 from rayfleet.storage.checkpoints import SPEC_HASH_KEY, stamp_persisted
+from rayfleet.train.preemption import PREEMPTION_KEY
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class RunReporter(UserCallback):
         checkpoint: Checkpoint | None,
     ) -> None:
         first = dict(metrics[0]) if metrics else {}
+        if PREEMPTION_KEY in first:  # a just-in-time checkpoint mid-epoch, not an epoch
+            return  # (its manifest was written on the worker; the worker logs it)
         epoch = report_epoch(first, self.next_epoch)
         self.next_epoch = epoch + 1
         first.setdefault(EPOCH_KEY, epoch)
@@ -75,7 +78,15 @@ class RunReporter(UserCallback):
                 # Unstamped, the checkpoint is skipped on resume (with why); the run goes on.
                 log.warning("could not write the manifest of %s: %s", checkpoint.path, exc)
         if self.channel is not None:
-            event = {"type": "epoch", "epoch": epoch, "epochs": self.epochs, "metrics": first}
+            # `metrics` has one entry per worker: how many trained this epoch (elastic runs
+            # change it), which the record keeps for usage (rayfleet.usage).
+            event = {
+                "type": "epoch",
+                "epoch": epoch,
+                "epochs": self.epochs,
+                "metrics": first,
+                "workers": len(metrics),
+            }
             self.channel.push.remote({"rank": 0, **event})
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:

@@ -18,7 +18,9 @@ so a user loop gets verified checkpoints and exact resume without reimplementing
 
 `report` hashes the checkpoint folder into a manifest before Ray Train uploads it, and
 `resume_checkpoint` picks the newest checkpoint that verifies (logging the ones it skipped),
-downloads it and verifies the local copy.
+downloads it and verifies the local copy. `checkpoint_if_preempted`, called after every step,
+writes a just-in-time checkpoint when a node of the run is about to be preempted (see
+train.preemption); such a checkpoint resumes at its step (`Resume.step`), not the next epoch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from rayfleet.storage.checkpoints import (
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.logs import LOGS_DIR, ship_output
 from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.train.preemption import POSITION_KEY, NoticeWatch, describe, save_and_report
 
 _PROGRESS_INTERVAL_S = 0.5
 
@@ -52,6 +56,26 @@ class Resume:
     path: Path
     epoch: int
     meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        """Steps of `epoch` done: 0 for an epoch's own checkpoint (resume at the next epoch),
+        more for a just-in-time checkpoint written mid-epoch (resume in `epoch`)."""
+        return int((self.meta.get(POSITION_KEY) or {}).get("step", 0))
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch a loop continues with."""
+        return self.epoch if self.step else self.epoch + 1
+
+    def first_step(self, world_size: int) -> int:
+        """The step of `next_epoch` to continue at. A different world size shards the data
+        differently, so the same rows can't be skipped: the same share of the epoch is."""
+        step = self.step
+        written = int((self.meta.get(POSITION_KEY) or {}).get("worldSize", world_size))
+        if not step or written == world_size:
+            return step
+        return step * written // world_size
 
 
 @dataclass
@@ -77,6 +101,7 @@ class WorkerContext:
     _resume_resolved: bool = False
     _last_progress: float = 0.0
     _scratch: list = field(default_factory=list)
+    _watch: NoticeWatch | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -185,10 +210,13 @@ def resume_checkpoint() -> Resume | None:
         if ctx.is_leader:
             # The world size can differ from the run's last one (elastic scaling): the loop
             # re-shards its data for this worker group (see data.shards and the README).
-            log(
-                f"resuming from {path.rsplit('/', 1)[-1]} (epoch {epoch + 1} done) "
-                f"on {ctx.world_size} worker(s)"
+            resume = ctx._resume
+            where = (
+                f"epoch {epoch + 1} step {resume.step}"
+                if resume.step
+                else f"epoch {epoch + 1} done"
             )
+            log(f"resuming from {path.rsplit('/', 1)[-1]} ({where}) on {ctx.world_size} worker(s)")
     ctx._resume_resolved = True
     return ctx._resume
 
@@ -211,6 +239,7 @@ def report(
     ctx = context()
     metrics = {**metrics, "epoch": epoch}
     checkpoint = None
+    started = time.monotonic()
     if checkpoint_dir is not None:
         stamp = {"epoch": epoch, "metrics": metrics, SPEC_HASH_KEY: ctx.spec_hash}
         write_manifest(checkpoint_dir, {**(meta or {}), **stamp})
@@ -222,6 +251,84 @@ def report(
         if checkpoint is not None
         else None,
     )
+    if checkpoint is not None and ctx._watch is not None:
+        ctx._watch.saved(time.monotonic() - started)  # what a just-in-time save will take
+
+
+def checkpoint_if_preempted(
+    save: Callable[[Path, list[Any]], Any],
+    *,
+    epoch: int,
+    step: int,
+    rank_state: Callable[[], Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> bool:
+    """Call after every training step on every rank; True when it wrote a just-in-time
+    checkpoint because a node of the run is about to be preempted (train.preemption).
+
+    Cheap: a collective every 2 s or so of training, nothing in between. When due, every
+    rank's `rank_state()` (e.g. its RNG states and running sums) is gathered to rank 0, which
+    calls `save(folder, states)` (states indexed by rank) and reports the folder as
+    `checkpoint_e{epoch}` with `step` steps of the epoch done; `resume_checkpoint()` then
+    gives it back with `Resume.step`, and the loop continues at that step.
+    """
+    from rayfleet.storage.checkpoints import launch_token
+
+    ctx = context()
+    if ctx._watch is None:
+        ctx._watch = NoticeWatch(rank=ctx.rank)
+    watch = ctx._watch
+    seen = watch.seen
+    due = watch.step()
+    if watch.seen > seen and ctx.is_leader:
+        then = "checkpointing now" if due else "training on until a checkpoint is due"
+        log(f"{describe(watch.latest)}; {then}")
+    if not due:
+        return False
+    if ctx.is_leader and watch.latest is not None and watch.latest.deadline_ms:
+        log(f"{watch.latest.deadline_ms / 1000 - time.time():.1f} s left: checkpointing now")
+    states = _gather(rank_state() if rank_state is not None else None)
+    # A fresh token after the current one: this checkpoint sorts after the epoch's earlier
+    # ones, and the epoch's own checkpoint (a newer token still) after this one.
+    ctx.token = max(launch_token(), _after(ctx.token))
+    name = checkpoint_dir_name(epoch, ctx.token)
+    ctx.token = _after(ctx.token)
+    position = {"step": step, "worldSize": ctx.world_size}
+    stamp = {**(meta or {}), "epoch": epoch, SPEC_HASH_KEY: ctx.spec_hash, POSITION_KEY: position}
+    seconds = save_and_report(
+        lambda folder: save(folder, states),
+        rank=ctx.rank,
+        metrics={**(metrics or {}), "epoch": epoch},
+        step=step,
+        meta=stamp,
+        checkpoint_dir_name=name,
+    )
+    watch.saved(seconds)
+    if ctx.is_leader:
+        deadline_ms = watch.latest.deadline_ms if watch.latest is not None else None
+        left = (
+            f", {deadline_ms / 1000 - time.time():.1f} s before the deadline" if deadline_ms else ""
+        )
+        where = f"epoch {epoch + 1} step {step}"
+        log(f"just-in-time checkpoint {name} at {where} in {seconds:.1f} s{left}")
+    return True
+
+
+def _after(token: str) -> str:
+    """The next token after `token` (tokens are zero-padded hex)."""
+    return f"{int(token, 16) + 1:0{len(token)}x}"
+
+
+def _gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, indexed by rank (on every rank)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _install_verified_checkpoint() -> None:

@@ -156,17 +156,24 @@ def fit_classifier(
     """
     ctx = session.context()
     (x_train, y_train), (x_val, y_val) = train, val
-    start = 0
+    start, first_step, carried = 0, 0, None
     if (resume := session.resume_checkpoint()) is not None:
-        load_state(resume.path, model, optimizer)
-        start = resume.epoch + 1
+        state = load_state(resume.path, model, optimizer)
+        start, first_step = resume.next_epoch, resume.first_step(ctx.world_size)
+        ranks = state.get("ranks")  # a just-in-time checkpoint: every rank's random streams
+        if ranks and len(ranks) == ctx.world_size:
+            carried = ranks[ctx.rank]
 
     steps = len(y_train) // ctx.batch_size
     for epoch in range(start, ctx.epochs):
         generator = seed_epoch(ctx.seed, epoch, ctx.rank)
         order = torch.randperm(len(y_train), generator=generator)
-        loss_sum = 0.0
-        for step in range(steps):
+        loss_sum, begin = 0.0, (min(first_step, steps) if epoch == start else 0)
+        if begin and carried is not None:  # same ranks: continue exactly where they were
+            generator.set_state(carried["generator"])
+            torch.set_rng_state(carried["rng"])
+            loss_sum = carried["loss_sum"]
+        for step in range(begin, steps):
             idx = order[step * ctx.batch_size : (step + 1) * ctx.batch_size]
             x, y = x_train[idx], y_train[idx]
             if augment is not None:
@@ -179,7 +186,22 @@ def fit_classifier(
             optimizer.step()
             loss_sum += loss.item()
             session.progress(epoch, step + 1, steps, loss=loss_sum / (step + 1))
-        (train_loss,) = all_reduce_sum([loss_sum / max(steps, 1)], device)
+            session.checkpoint_if_preempted(
+                lambda folder, ranks, e=epoch, s=step + 1: save_state(
+                    folder, model, optimizer, {"epoch": e, "step": s, "ranks": ranks}
+                ),
+                epoch=epoch,
+                step=step + 1,
+                rank_state=lambda g=generator, total=loss_sum: {
+                    "generator": g.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "loss_sum": total,
+                },
+                meta=meta,
+            )
+        # Resumed on another world size, the epoch's loss averages the steps run here.
+        counted = steps - begin if begin and carried is None else steps
+        (train_loss,) = all_reduce_sum([loss_sum / max(counted, 1)], device)
         broadcast_buffers(model)
         val_loss, val_acc = evaluate(unwrap(model), x_val, y_val, device)
         metrics = {
