@@ -144,6 +144,14 @@ def read(fs: pafs.FileSystem, run_uri: StorageURI) -> dict[str, Any] | None:
     return None if doc is None else _checked(doc, uri)
 
 
+def job_spec(run_uri: StorageURI) -> dict[str, Any]:
+    """The `spec` of the TrainJob a run's record says ran ({} without a record): what a later
+    command about the run (evaluate, compress) reads its dataset and tracking from."""
+    doc = read(filesystem_for(run_uri), run_uri) or {}
+    spec = (doc.get("spec") or {}).get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
 def update(
     fs: pafs.FileSystem, run_uri: StorageURI, change: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:

@@ -322,3 +322,39 @@ def _copy(model, build, config):
     twin = build(config).eval()
     twin.load_state_dict(model.state_dict())
     return twin
+
+
+def test_the_lineage_attaches_to_the_source_runs_mlflow_run(tmp_path, monkeypatch):
+    """A tracked source run (its record names an MLflow file store): the compression's
+    lineage, size ratio and accuracy change land on that run's MLflow run (issue 19)."""
+    import mlflow
+
+    from rayfleet import record
+    from rayfleet.data.digits import import_digits
+    from rayfleet.specs import load_spec
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracking_uri = f"file://{tmp_path / 'mlruns'}"
+    storage = parse_uri(str(tmp_path / "store"))
+    import_digits(storage.join("datasets", "digits"))
+    write_checkpoint(tmp_path / "store" / "runs" / "digits" / "checkpoint_e000001-aa", 1)
+    job = load_spec(
+        Path(__file__).resolve().parents[2] / "jobs" / "digits" / "train.yaml",
+        [f"spec.storage={storage}", f"spec.tracking.mlflow.uri={tracking_uri}",
+         "spec.tracking.mlflow.experiment=compress-test"],
+    )  # fmt: skip
+    run_uri = storage.join("runs", "digits")
+    record.write(filesystem_for(run_uri), run_uri, job, status="SUCCEEDED")
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.create_experiment("compress-test")
+    tracked = client.create_run(experiment, tags={"rayfleet.run_uri": str(run_uri)})
+
+    result = compress_run("digits", storage=storage, method="fp16", to="digits-fp16")
+    assert result.mlflow_attached
+    run = client.get_run(tracked.info.run_id)
+    assert run.data.metrics["compress_fp16_size_ratio"] == pytest.approx(
+        result.compression.size_ratio
+    )
+    assert "compress_fp16_accuracy_delta" in run.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(tracked.info.run_id)]
+    assert "compression-digits-fp16.json" in artifacts

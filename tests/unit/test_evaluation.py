@@ -247,8 +247,10 @@ def test_a_compressed_checkpoint_is_evaluated_on_the_dataset_its_lineage_names()
     """`rayfleet compress` writes no run record; its manifest's lineage names the dataset."""
     from rayfleet.evaluation.source import _compressed_from
 
-    meta = {"compression": {"evaluation": {"dataset": "s3://team-bucket/datasets/digits", "split": "val"}}}
+    digits = "s3://team-bucket/datasets/digits"
+    meta = {"compression": {"evaluation": {"dataset": digits, "split": "val"}}}
     assert str(_compressed_from(meta, None)) == "s3://team-bucket/datasets/digits"
-    calibrated = {"compression": {"calibration": {"dataset": "s3://team-bucket/datasets/x", "rows": 9}}}
+    other = "s3://team-bucket/datasets/x"
+    calibrated = {"compression": {"calibration": {"dataset": other, "rows": 9}}}
     assert str(_compressed_from(calibrated, None)) == "s3://team-bucket/datasets/x"
     assert _compressed_from({"epoch": 1}, None) is None

@@ -50,6 +50,7 @@ def compress(
                 "checkpoint": str(result.checkpoint),
                 "source": str(result.source),
                 "sizeRatio": round(lineage.size_ratio, 4),
+                "mlflowAttached": result.mlflow_attached,
                 **lineage.to_meta(),
             }
         )
@@ -65,4 +66,6 @@ def compress(
             f"({ev.delta:+.4f}, {ev.rows} rows)",
             highlight=False,
         )
+    if result.mlflow_attached:
+        console.print(f"lineage attached to run {run}'s MLflow run", highlight=False)
     console.print(f"serve it: set source.run: {to} in a ModelDeployment spec", highlight=False)

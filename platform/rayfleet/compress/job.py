@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class CompressResult:
     checkpoint: StorageURI
     source: StorageURI
     compression: Compression
+    mlflow_attached: bool = False  # the lineage on the source run's MLflow run
 
 
 # ------------------------------------------------------------------------ checks (no torch)
@@ -208,9 +209,28 @@ def compress_run(
             "record names no dataset; pass --dataset NAME_OR_URI"
         )
     with tempfile.TemporaryDirectory(prefix="rayfleet-compress-") as tmp:
-        return _compress(
+        result = _compress(
             run, ref.epoch, source, dest, chosen, data, calibration_rows, Path(tmp), overwrite
         )
+    return replace(result, mlflow_attached=attach_to_source(run_uri, to, result))
+
+
+def attach_to_source(run_uri: StorageURI, to: str, result: CompressResult) -> bool:
+    """The lineage (as `compression-<to>.json`) and its size ratio and accuracy change on the
+    source run's MLflow run, when that run was tracked; never fails the compression."""
+    from rayfleet import record, tracking
+    from rayfleet.specs.tracking import tracking_in
+
+    spec = tracking_in(record.job_spec(run_uri))
+    if tracking.target_for(spec) is None:
+        return False
+    lineage = result.compression
+    prefix = f"compress_{lineage.method}_"
+    metrics = {f"{prefix}size_ratio": lineage.size_ratio}
+    if lineage.evaluation is not None:
+        metrics[f"{prefix}accuracy_delta"] = lineage.evaluation.delta
+    doc = {"checkpoint": str(result.checkpoint), **lineage.to_meta()}
+    return tracking.attach(str(run_uri), doc, f"compression-{to}.json", spec=spec, metrics=metrics)
 
 
 def _compress(

@@ -19,14 +19,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from rayfleet import record
 from rayfleet.data.layout import SPLITS, DatasetInfo, read_info
 from rayfleet.errors import BadInputError, StorageError
 from rayfleet.serve.loading import Signature, require_listed, signature_from_meta
 from rayfleet.specs.base import is_dataset_name, resolve_storage
-from rayfleet.specs.tracking import TrackingSpec
+from rayfleet.specs.tracking import TrackingSpec, tracking_in
 from rayfleet.storage.checkpoints import MANIFEST, newest_verified, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
@@ -145,24 +143,11 @@ class RunFacts:
     tracking: TrackingSpec | None
 
 
-def _spec_in_record(uri: StorageURI) -> dict[str, Any]:
-    doc = record.read(filesystem_for(uri), uri) or {}
-    spec = (doc.get("spec") or {}).get("spec")
-    return spec if isinstance(spec, dict) else {}
-
-
-def _tracking(spec: dict[str, Any]) -> TrackingSpec | None:
-    try:
-        return TrackingSpec.model_validate(spec["tracking"])
-    except (KeyError, ValidationError):
-        return None
-
-
 def run_facts(checkpoint: Checkpoint, storage: str | None) -> RunFacts:
     """The dataset the checkpoint's run trained on and its tracking section (each None when
     no record says; a sweep trial's tracking may come from its sweep). A dataset name
     resolves under the run's storage, else --storage."""
-    spec = _spec_in_record(checkpoint.run_uri)
+    spec = record.job_spec(checkpoint.run_uri)
     dataset = None
     if isinstance(raw := spec.get("dataset"), str) and raw:
         if is_dataset_name(raw):
@@ -171,9 +156,9 @@ def run_facts(checkpoint: Checkpoint, storage: str | None) -> RunFacts:
             dataset = parse_uri(raw)
     if dataset is None:
         dataset = _compressed_from(checkpoint.meta, storage)
-    tracking = _tracking(spec)
+    tracking = tracking_in(spec)
     if tracking is None and checkpoint.sweep_uri is not None:
-        tracking = _tracking(_spec_in_record(checkpoint.sweep_uri))
+        tracking = tracking_in(record.job_spec(checkpoint.sweep_uri))
     return RunFacts(dataset, tracking)
 
 

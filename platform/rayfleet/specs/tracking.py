@@ -6,7 +6,7 @@ Tracking describes who watches a run, not the training itself, so it is not part
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from rayfleet.specs.base import SpecModel
 
@@ -45,3 +45,11 @@ class TrackingSpec(SpecModel):
     mlflow: MlflowSpec | None = Field(
         default=None, description="Log params, per-epoch metrics, checkpoints and the record."
     )
+
+
+def tracking_in(job_spec: dict) -> TrackingSpec | None:
+    """The `tracking` section of a stored TrainJob spec, None when absent or not valid."""
+    try:
+        return TrackingSpec.model_validate(job_spec["tracking"])
+    except (KeyError, TypeError, ValidationError):
+        return None
