@@ -23,6 +23,23 @@ from rayfleet.retry import poll
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def agent_ports() -> list[str]:
+    """Free ports for a node's agents: a second Ray on this machine (the test session's own,
+    a head and its worker nodes) must not share the defaults (52365 for the dashboard agent,
+    on which the head's Jobs API depends: a head whose agent could not bind refuses every
+    submission with "Agent info not found")."""
+    return [
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--dashboard-agent-grpc-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+    ]
+
+
 class RayHead:
     def __init__(self, env: dict[str, str], num_cpus: int = 2):
         self.token = secrets.token_hex(24)
@@ -63,6 +80,7 @@ class RayHead:
                 "--temp-dir",
                 self.temp_dir,
                 "--disable-usage-stats",
+                *agent_ports(),
             ],
             env=self.env,
             stdout=self.log,

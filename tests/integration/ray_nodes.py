@@ -16,23 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rayfleet.local import free_port
 from rayfleet.retry import poll
-from tests.integration.ray_head import RAY, RayHead
-
-
-def _agent_ports() -> list[str]:
-    """Free ports for a node's agents: two raylets on one machine must not share them."""
-    return [
-        "--dashboard-agent-listen-port",
-        str(free_port()),
-        "--dashboard-agent-grpc-port",
-        str(free_port()),
-        "--runtime-env-agent-port",
-        str(free_port()),
-        "--metrics-export-port",
-        str(free_port()),
-    ]
+from tests.integration.ray_head import RAY, RayHead, agent_ports
 
 
 class _StartExited(RuntimeError):
@@ -77,7 +62,7 @@ class RayWorkerNode:
                 str(self.num_cpus),
                 "--temp-dir",
                 self.temp_dir,
-                *_agent_ports(),
+                *agent_ports(),
                 "--disable-usage-stats",
             ],
             env=self.head.env,

@@ -465,3 +465,8 @@ def test_ctrl_c_stops_serving_cleanly(server):
     assert not Path(server.env["RAYFLEET_SERVE_STATE"]).exists()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/v2/health/live", timeout=2)
+    # what it served, metered while it ran and once more as it stopped (issue 19)
+    name = yaml.safe_load(server.spec.read_text())["metadata"]["name"]
+    used_uri = parse_uri(f"s3://{BUCKET}/deployments/{name}/usage.json")
+    used = json.loads(read_bytes(filesystem_for(used_uri), used_uri.fs_path))
+    assert used["name"] == name and used["samples"] and used["replicaS"] > 0, used
