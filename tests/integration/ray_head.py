@@ -80,7 +80,12 @@ class RayHead:
                 "--temp-dir",
                 self.temp_dir,
                 "--disable-usage-stats",
-                *agent_ports(),
+                # The dashboard agent's HTTP port (the Jobs API's way in) is fixed by default
+                # (52365): free here, as the session's own Ray may hold it. Only this one: with
+                # every agent port moved (as worker nodes need), a killed job driver's Train
+                # workers kept training after Ray destroyed them (test_jobs' kill test).
+                "--dashboard-agent-listen-port",
+                str(free_port()),
             ],
             env=self.env,
             stdout=self.log,
