@@ -182,7 +182,11 @@ def _driver_pids(run_name: str) -> list[int]:
 
 def test_killed_driver_is_resubmitted_and_resumes_without_repeating_epochs(head, user_env):
     name = "cluster-retry"
-    epochs = 6
+    # Workers run ahead of the record (each epoch reaches it through the driver, then a
+    # storage write) and keep training until Ray sees the driver gone: on an idle machine a
+    # digits epoch takes ~0.5 s and the workers had finished 6 epochs by then. 20 leaves the
+    # second launch epochs to train whatever the lag.
+    epochs = 20
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -207,13 +211,13 @@ def test_killed_driver_is_resubmitted_and_resumes_without_repeating_epochs(head,
     deadline = time.monotonic() + 300
     while not killed and time.monotonic() < deadline and proc.poll() is None:
         doc = record_of("runs", name) or {}
-        if len(doc.get("epochs", [])) >= 2 and (pids := _driver_pids(name)):
+        if doc.get("epochs") and (pids := _driver_pids(name)):
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             killed = pids
         time.sleep(0.5)
     out, err = proc.communicate(timeout=600)
-    assert killed, f"never saw the driver train 2 epochs: {err[-3000:]}"
+    assert killed, f"never saw the driver train an epoch: {err[-3000:]}"
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
     assert "resubmitting run cluster-retry (it resumes)" in err
 
