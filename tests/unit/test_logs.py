@@ -83,3 +83,48 @@ def test_follow_prints_segments_as_they_appear_until_the_run_ends(tmp_path):
 
     logs.follow(FS, path, "driver", written.append, finished, interval=0, sleep=lambda _: None)
     assert "".join(written) == "epoch 1\ndone\n"
+
+
+NATIVE_WRITER = """
+import os, subprocess, sys
+import pyarrow.fs as pafs
+from rayfleet.storage import logs
+
+with logs.ship_output(pafs.LocalFileSystem(), sys.argv[1], "driver"):
+    print("from python")
+    os.write(1, b"from fd 1\\n")
+    os.write(2, b"from fd 2\\n")
+    subprocess.run(["sh", "-c", "echo from a child"], check=True)
+    print("to stderr", file=sys.stderr)
+print("after the block")
+"""
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_native_writes_to_descriptors_are_copied_once_and_still_reach_the_process_output(
+    tmp_path, native
+):
+    """What C/C++ code and child processes write to fd 1 and 2 (not through sys.stdout)
+    reaches the stored log too, each line once; the process's own stdout and stderr keep
+    every line, on the stream it was written to. RAYFLEET_NATIVE_LOGS=0: Python's only."""
+    import os
+    import subprocess
+
+    path = str(tmp_path / "logs")
+    done = subprocess.run(
+        [sys.executable, "-c", NATIVE_WRITER, path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, logs.NATIVE_ENV: native},
+    )
+    assert done.returncode == 0, done.stderr
+    # Python's lines go straight out, the others through tee: each stream's set, not order.
+    out = done.stdout.splitlines()
+    assert sorted(out[:-1]) == ["from a child", "from fd 1", "from python"]
+    assert out[-1] == "after the block"  # the tees finished before the block ended
+    assert sorted(done.stderr.splitlines()) == ["from fd 2", "to stderr"]
+    stored = "".join(logs.read_new(FS, path, "driver", set())).splitlines()
+    python_lines = ["from python", "to stderr"]
+    native_lines = ["from fd 1", "from fd 2", "from a child"] if native == "1" else []
+    assert sorted(stored) == sorted(python_lines + native_lines)
