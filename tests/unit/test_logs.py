@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -107,7 +108,6 @@ def test_native_writes_to_descriptors_are_copied_once_and_still_reach_the_proces
     """What C/C++ code and child processes write to fd 1 and 2 (not through sys.stdout)
     reaches the stored log too, each line once; the process's own stdout and stderr keep
     every line, on the stream it was written to. RAYFLEET_NATIVE_LOGS=0: Python's only."""
-    import os
     import subprocess
 
     path = str(tmp_path / "logs")
@@ -128,3 +128,21 @@ def test_native_writes_to_descriptors_are_copied_once_and_still_reach_the_proces
     python_lines = ["from python", "to stderr"]
     native_lines = ["from fd 1", "from fd 2", "from a child"] if native == "1" else []
     assert sorted(stored) == sorted(python_lines + native_lines)
+
+
+def test_native_spool_is_emptied_once_the_stream_is_capped():
+    native = logs.NativeOutput()
+    try:
+        with open(native.spool, "ab") as f:  # what tee would append
+            f.write(b"a line\n")
+        assert native.read() == "a line\n"
+        with open(native.spool, "ab") as f:
+            f.write(b"x" * 1000)
+        assert native.read(discard=True) == ""
+        assert os.path.getsize(native.spool) == 0
+        with open(native.spool, "ab") as f:
+            f.write(b"next\n")
+        assert native.read() == "next\n"
+    finally:
+        native.close()
+        native.remove()

@@ -79,6 +79,10 @@ class LogShipper:
         if full:
             self.flush()
 
+    @property
+    def capped(self) -> bool:
+        return self._capped
+
     def add_source(self, read: Callable[[], str]) -> None:
         """Also copy what `read()` returns (new text since its last call) at each flush."""
         self._sources.append(read)
@@ -194,7 +198,16 @@ class NativeOutput:
             write_through=True,
         )
 
-    def read(self) -> str:
+    def read(self, *, discard: bool = False) -> str:
+        """What tee appended since the last call. `discard`: empty the spool instead (the
+        stream is capped), so it never grows past the cap plus one flush interval."""
+        if discard:
+            try:
+                os.truncate(self.spool, 0)  # tee appends (O_APPEND): its next write starts at 0
+            except OSError:
+                pass
+            self._offset = 0
+            return ""
         try:
             with open(self.spool, "rb") as f:
                 f.seek(self._offset)
@@ -252,7 +265,8 @@ class ship_output:
             sys.stdout, sys.stderr = Tee(out, self.shipper), Tee(err, self.shipper)
             return self.shipper
         out.flush(), err.flush()
-        self.shipper.add_source(self.native.read)
+        native, shipper = self.native, self.shipper
+        shipper.add_source(lambda: native.read(discard=shipper.capped))
         sys.stdout = Tee(self.native.python_stream(1, out), self.shipper, fd=1)
         sys.stderr = Tee(self.native.python_stream(2, err), self.shipper, fd=2)
         return self.shipper
