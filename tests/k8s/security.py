@@ -12,6 +12,7 @@ from tests.k8s.objects import RAY_KINDS, all_container_contexts, cluster_specs, 
 
 RAY_PORTS = {6379, 8265, 10001}
 SERVE_PORT = 8000
+METRICS_PORT = 8080  # KubeRay's `metrics` port on every Ray node
 CLUSTER_LABEL = "rayfleet.io/cluster"
 CLIENT_LABEL = "rayfleet.io/client-of"
 _SECRETISH = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL)", re.I)
@@ -84,10 +85,23 @@ def _ports(rule: dict[str, Any]) -> set[int]:
     return {p["port"] for p in rule.get("ports", [])}
 
 
-def assert_network_policy(objects: list[dict[str, Any]], serve_peers: int | None = None) -> None:
+def _is_kuberay_operator(peer: dict[str, Any]) -> bool:
+    labels = peer.get("podSelector", {}).get("matchLabels", {})
+    return (
+        "namespaceSelector" in peer and labels.get("app.kubernetes.io/name") == "kuberay-operator"
+    )
+
+
+def assert_network_policy(
+    objects: list[dict[str, Any]],
+    serve_peers: int | None = None,
+    scrape_peers: int | None = None,
+) -> None:
     """Each Ray cluster's pods are selected by a NetworkPolicy whose ingress keeps the Ray
     ports to the cluster, its clients, named submitters and the operator; DNS egress works.
-    `serve_peers`: how many peers besides clients the Serve rule must name (None: unchecked)."""
+    `serve_peers`: how many peers besides clients the Serve rule must name (None: unchecked).
+    The metrics port has a rule of its own, for nothing else; `scrape_peers`: how many peers it
+    names (0: no such rule; None: unchecked)."""
     policies = {
         p["spec"]["podSelector"]["matchLabels"].get(CLUSTER_LABEL): p
         for p in objects
@@ -104,13 +118,21 @@ def assert_network_policy(objects: list[dict[str, Any]], serve_peers: int | None
         unrestricted = [r for r in spec["ingress"] if not r.get("ports")]
         assert unrestricted == [{"from": [own]}], f"{cluster}: all-port rules {unrestricted}"
         reachable: set[int] = set()
+        scrapers: list[dict[str, Any]] = []
         for rule in spec["ingress"]:
             ports = _ports(rule)
             reachable |= ports
             assert rule.get("from"), f"{cluster}: an ingress rule open to every source: {rule}"
             if any("ipBlock" in peer for peer in rule["from"]):
-                assert ports <= {SERVE_PORT}, f"{cluster}: address ranges reach {ports}"
-            operator = "namespaceSelector" in rule["from"][0] and client not in rule["from"]
+                assert ports <= {SERVE_PORT} or ports == {METRICS_PORT}, (
+                    f"{cluster}: address ranges reach {ports}"
+                )
+            if METRICS_PORT in ports:
+                assert ports == {METRICS_PORT}, f"{cluster}: the metrics rule opens {ports}"
+                assert client not in rule["from"], f"{cluster}: clients in the metrics rule"
+                scrapers += rule["from"]
+                continue
+            operator = any(_is_kuberay_operator(p) for p in rule["from"])
             if operator:
                 assert ports <= {8265, SERVE_PORT}, f"{cluster}: the operator reaches {ports}"
             elif ports & RAY_PORTS:
@@ -118,6 +140,8 @@ def assert_network_policy(objects: list[dict[str, Any]], serve_peers: int | None
             if SERVE_PORT in ports and not operator and serve_peers is not None:
                 assert len(rule["from"]) == 1 + serve_peers, f"{cluster}: Serve open to {rule}"
         assert RAY_PORTS <= reachable, f"{cluster}: Ray ports not covered for clients"
+        if scrape_peers is not None:
+            assert len(scrapers) == scrape_peers, f"{cluster}: metrics port open to {scrapers}"
         if "Egress" in spec["policyTypes"]:
             dns = [r for r in spec["egress"] if _ports(r) == {53}]
             protocols = {p["protocol"] for r in dns for p in r["ports"]}

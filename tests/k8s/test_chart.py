@@ -74,8 +74,10 @@ def test_security_properties(profile, profile_objects):
     security.assert_no_api_token_in_ray_containers(objects)
     security.assert_no_host_access(objects)
     security.assert_no_secret_data(objects)
-    serve_peers = len(profile_values(profile).get("networkPolicy", {}).get("serveFrom", {}))
-    security.assert_network_policy(objects, serve_peers=serve_peers)
+    values = profile_values(profile)
+    serve_peers = len(values.get("networkPolicy", {}).get("serveFrom", {}))
+    scrape_peers = len(values.get("metrics", {}).get("scrapeFrom", {}))
+    security.assert_network_policy(objects, serve_peers=serve_peers, scrape_peers=scrape_peers)
     security.assert_head_pdb(objects)
     security.assert_not_exposed(objects)
 
@@ -230,6 +232,12 @@ def test_serving_profile_is_a_model_deployment_the_operator_serves(rendered_prof
         {"protocol": "TCP", "port": 8000}])  # fmt: skip
     peers = profile_values("serving")["networkPolicy"]["serveFrom"]
     assert serve_rule["from"][1:] == list(peers.values())
+    # ... and Prometheus may reach the metrics port (metrics.scrapeFrom), nothing else.
+    scrapers = profile_values("serving")["metrics"]["scrapeFrom"]
+    scrape_rules = [r for r in policy["spec"]["ingress"] if r["from"] == list(scrapers.values())]
+    assert scrape_rules == [
+        {"from": list(scrapers.values()), "ports": [{"protocol": "TCP", "port": 8080}]}
+    ]
     assert {"protocol": "TCP", "port": 9000} in policy["spec"]["egress"][-1]["ports"]
     images = {c["image"] for _, t in pod_templates(service) for c in t["spec"]["containers"]}
     assert images == {pods.default_image(False)}

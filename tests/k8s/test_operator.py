@@ -310,6 +310,7 @@ def test_operator_flags_are_render_flags():
         "-n", "ml", "--image=r/i:1", "--egress-port=443", "--egress-port=9000",
         "--egress-cidr=10.0.0.0/8", "--image-pull-secret=regcred", "--head-cpu=2",
         '--serve-from={"namespaceSelector":{"matchLabels":{"team":"edge"}}}',
+        '--scrape-from={"namespaceSelector":{"matchLabels":{"team":"obs"}}}',
     ]  # fmt: skip
     options = op.options_from(op.parser().parse_args(argv))
     assert options == from_flags(
@@ -320,6 +321,7 @@ def test_operator_flags_are_render_flags():
             "image_pull_secrets": ["regcred"],
             "head_cpu": "2",
             "serve_from": [{"namespaceSelector": {"matchLabels": {"team": "edge"}}}],
+            "scrape_from": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}],
         }
     )
     assert op.options_from(op.parser().parse_args(["-A"])) == from_flags({})

@@ -3,6 +3,7 @@ passes the strict KubeRay schema and carries the chart's security settings."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -261,12 +262,36 @@ def test_serving_options_reach_the_rayservice():
     assert all(ingress not in r["from"] for r in job_policy["spec"]["ingress"])
 
 
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+@pytest.mark.parametrize("path", ["jobs/digits/serve.yaml", DIGITS])
+def test_scrape_from_opens_only_the_metrics_port_on_every_cluster(path):
+    """--scrape-from: Prometheus reaches KubeRay's metrics port (8080) of a RayService and a
+    RayJob's cluster alike, and no other port; without it nothing outside does."""
+    nodes = {"ipBlock": {"cidr": "10.20.0.0/16"}}
+    base = objects_for(path)
+    security.assert_network_policy(base, scrape_peers=0)
+    objects = objects_for(path, scrape_from=(PROMETHEUS, nodes))
+    for obj in objects:
+        validate(obj)
+    security.assert_network_policy(objects, scrape_peers=2)
+    (before,), (after,) = by_kind(base, "NetworkPolicy"), by_kind(objects, "NetworkPolicy")
+    added = [r for r in after["spec"]["ingress"] if r not in before["spec"]["ingress"]]
+    assert added == [{"from": [PROMETHEUS, nodes], "ports": [{"protocol": "TCP", "port": 8080}]}]
+    assert after["spec"]["egress"] == before["spec"]["egress"]
+
+
 def test_render_flags_round_trip_through_the_header():
     """The header's command is built from the same flag declarations the command parses."""
     options = RenderOptions(
         namespace="ml",
         egress_ports=(443, 9000),
         serve_from=({"podSelector": {"matchLabels": {"app": "gw"}}},),
+        scrape_from=(PROMETHEUS,),
         image_pull_secrets=("a", "b"),
     )
     text = render_text("jobs/digits/serve.yaml", options=options)
@@ -309,6 +334,11 @@ def test_bad_options_are_refused():
         RenderOptions(serve_from=("{nope",))
     with pytest.raises(BadInputError, match="podSelector, namespaceSelector and/or ipBlock"):
         RenderOptions(serve_from=({"podSelectr": {}},))
+    with pytest.raises(BadInputError, match=r"^--scrape-from '\{nope': not JSON"):
+        RenderOptions(scrape_from=("{nope",))
+    with pytest.raises(BadInputError, match=r"^--scrape-from \[\]: a NetworkPolicy peer has"):
+        RenderOptions(scrape_from=([],))
+    assert RenderOptions(scrape_from=(json.dumps(PROMETHEUS),)).scrape_from == (PROMETHEUS,)
 
 
 def test_every_shipped_train_spec_renders():

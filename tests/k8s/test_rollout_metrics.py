@@ -1,5 +1,6 @@
 """The chart's metrics wiring: a PodMonitor for the Ray pods (off by default) and the
-NetworkPolicy rule that lets a named Prometheus reach Ray's metrics port.
+NetworkPolicy rule that lets a named Prometheus reach Ray's metrics port, on the RayCluster the
+chart templates and on the RayServices its operator writes (the same rule from both renderers).
 
 No PodMonitor CRD schema is available here (kubernetes-validate does not know the Prometheus
 Operator's kinds, and ../shared has none), so its shape is checked against a minimal schema
@@ -11,7 +12,8 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from tests.k8s.conftest import chart_objects, render_chart
+from tests.k8s import security
+from tests.k8s.conftest import chart_objects, operator_children, operator_options, render_chart
 from tests.k8s.objects import by_kind
 from tests.k8s.schemas import validate
 
@@ -112,3 +114,44 @@ def test_scrape_from_opens_only_the_metrics_port_to_prometheus():
     validate(policy)
     added = [r for r in policy["spec"]["ingress"] if r not in base["spec"]["ingress"]]
     assert added == [{"from": [prometheus], "ports": [{"protocol": "TCP", "port": 8080}]}]
+
+
+def test_scrape_from_reaches_the_operators_rayservices_with_the_chart_rule():
+    """metrics.scrapeFrom becomes the operator's --scrape-from, and the NetworkPolicy it writes
+    for a RayService opens the metrics port to those peers exactly as the chart's RayCluster
+    policy does: the PodMonitor selects both kinds of pods."""
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    nodes = {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}}
+    values = {
+        "metrics": {"scrapeFrom": {"prom": prometheus, "nodes": nodes}},
+        "serve": {"enabled": True, "source": {"run": "digits"}},
+        "operator": {"enabled": True},
+    }
+    objects = chart_objects(render_chart(values))
+    assert operator_options(objects).scrape_from == (nodes, prometheus)  # keyed: sorted by name
+    children = operator_children(objects)
+    (chart_policy,) = by_kind(objects, "NetworkPolicy")
+    (operator_policy,) = by_kind(children, "NetworkPolicy")
+    assert chart_policy["spec"]["podSelector"] != operator_policy["spec"]["podSelector"]
+
+    def scrape_rules(policy):
+        validate(policy)
+        return [r for r in policy["spec"]["ingress"] if {"protocol": "TCP", "port": 8080} in
+                r.get("ports", [])]  # fmt: skip
+
+    want = [{"from": [nodes, prometheus], "ports": [{"protocol": "TCP", "port": 8080}]}]
+    assert scrape_rules(chart_policy) == scrape_rules(operator_policy) == want
+    security.assert_network_policy(objects + children, scrape_peers=2)
+
+
+def test_without_scrape_from_no_policy_opens_the_metrics_port():
+    values = {
+        "serve": {"enabled": True, "source": {"run": "digits"}},
+        "operator": {"enabled": True},
+    }
+    objects = chart_objects(render_chart(values))
+    assert operator_options(objects).scrape_from == ()
+    security.assert_network_policy(objects + operator_children(objects), scrape_peers=0)

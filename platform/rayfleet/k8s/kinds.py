@@ -171,14 +171,11 @@ def _add_ray_env(cluster: dict[str, Any], env: list[dict[str, Any]]) -> None:
         group["template"]["spec"]["containers"][0]["env"].extend(env)
 
 
-_KUBERAY_METRICS_PORT = 8080  # the metrics export port KubeRay gives every Ray node
-
-
 def _add_grpc_port(src: SpecFile, cluster: dict[str, Any], port: int) -> None:
     """Serve's gRPC port (spec.grpcPort) on the Ray container of every node that runs a Serve
     ingress, next to its HTTP port. KubeRay's `<name>-head-svc` carries every head container
     port, so that Service is the gRPC address (its serve-svc keeps only the port `serve`)."""
-    taken = {*pods.RAY_PORTS.values(), pods.SERVE_PORT, _KUBERAY_METRICS_PORT}
+    taken = {*pods.RAY_PORTS.values(), pods.SERVE_PORT, pods.KUBERAY_METRICS_PORT}
     if port in taken:
         raise SpecError(
             f"{src.path}: spec.grpcPort {port} is a port Ray or Serve already uses on the pods "

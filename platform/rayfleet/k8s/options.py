@@ -1,9 +1,10 @@
 """What a rendered workload takes from its environment rather than from the spec.
 
 A spec says what to run; where it runs (image, namespace, the ServiceAccount that carries the
-cloud identity, the ConfigMap with the storage settings, who may reach Serve) belongs to the
-cluster. The defaults name the shared objects `manifests/base` creates and the KubeRay
-operator's namespace from the documented install, so an overlay applies without flags.
+cloud identity, the ConfigMap with the storage settings, who may reach Serve or scrape Ray's
+metrics) belongs to the cluster. The defaults name the shared objects `manifests/base` creates
+and the KubeRay operator's namespace from the documented install, so an overlay applies
+without flags.
 
 Each field is declared once, here, with its flag and help: `rayfleet render` (cli/
 render_commands.py) and the operator (`python -m rayfleet.k8s.operator`, which takes the flags
@@ -141,12 +142,22 @@ class RenderOptions:
         "(repeatable); the cluster's clients always are.",
         metavar="PEER_JSON",
     )
+    scrape_from: tuple[dict[str, Any], ...] = _option(
+        (),
+        "A NetworkPolicy peer allowed to Ray's metrics port (8080) only, as JSON, e.g. the "
+        'namespace of your Prometheus {"namespaceSelector": {"matchLabels": '
+        '{"kubernetes.io/metadata.name": "monitoring"}}} (repeatable); none: no scraping from '
+        "outside the cluster.",
+        metavar="PEER_JSON",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):  # repeatable flags arrive as lists
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        object.__setattr__(self, "serve_from", tuple(_peer(p) for p in self.serve_from))
+        for name in ("serve_from", "scrape_from"):
+            peers = tuple(_peer(p, name) for p in getattr(self, name))
+            object.__setattr__(self, name, peers)
         for f in fields(self):
             minimum = f.metadata.get("minimum")
             if minimum is not None and getattr(self, f.name) < minimum:
@@ -172,20 +183,21 @@ class RenderOptions:
         }
 
 
-def _peer(value: Any) -> dict[str, Any]:
-    """A NetworkPolicy peer from a dict or its JSON text."""
+def _peer(value: Any, field_name: str) -> dict[str, Any]:
+    """A NetworkPolicy peer from a dict or its JSON text; errors name the flag of `field_name`."""
+    flag = "--" + field_name.replace("_", "-")
     text = value if isinstance(value, str) else None
     if text is not None:
         try:
             value = json.loads(text)
         except ValueError:
             raise BadInputError(
-                f"--serve-from {text!r}: not JSON; give a NetworkPolicy peer such as "
+                f"{flag} {text!r}: not JSON; give a NetworkPolicy peer such as "
                 '\'{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}\''
             ) from None
     if not isinstance(value, dict) or not value or set(value) - _PEER_KEYS:
         raise BadInputError(
-            f"--serve-from {json.dumps(value)}: a NetworkPolicy peer has podSelector, "
+            f"{flag} {json.dumps(value)}: a NetworkPolicy peer has podSelector, "
             "namespaceSelector and/or ipBlock, nothing else"
         )
     return value

@@ -25,6 +25,9 @@ RUN_AS_GROUP = 100
 # Ray's control-plane ports on the head: GCS, dashboard + Jobs API, Ray Client.
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 SERVE_PORT = 8000
+# The metrics export port KubeRay gives every Ray node (container port `metrics`): Prometheus
+# scrapes it (the chart's PodMonitor), and the NetworkPolicy opens it to `scrape_from` peers.
+KUBERAY_METRICS_PORT = 8080
 # What Serve replicas read their bearer token from (set from the spec's token Secret).
 SERVE_TOKEN_ENV = TOKEN_ENV
 

@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayfleet.serve.auth import TOKEN_ENV, bearer_matches
 from rayfleet.serve.loading import LoadedModel
-from rayfleet.serve.metrics import replica_metrics
+from rayfleet.serve.metrics import HTTP, replica_metrics
 from rayfleet.serve.protocol import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
@@ -240,7 +240,7 @@ def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI
             code = response.status_code
             return response
         finally:
-            metrics.observe(code, time.perf_counter() - started)
+            metrics.observe(HTTP, code, time.perf_counter() - started)
 
     async def _infer(name: str, request: Request, version: str | None) -> Response:
         if (missing := _model_or_404(name, version)) is not None:

@@ -10,11 +10,15 @@ API's 400, 404, 413 and 401 (see `convert.GRPC_CODES`).
 
 With a token (spec.auth), every RPC but ServerLive and ServerReady wants the metadata
 `authorization: Bearer <token>`, as the REST routes do (tritonclient.grpc: `headers=`).
+
+ModelInfer, and only it (as the REST API's infer route), is counted and timed in the replica's
+per-model-version metrics (`serve.metrics`) with protocol `grpc` and the status name as code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,15 +34,26 @@ from rayfleet.serve.grpc.convert import (
     model_metadata_response,
     parse_model_infer,
 )
+from rayfleet.serve.metrics import GRPC, RequestMetrics, replica_metrics
 from rayfleet.serve.protocol import ProtocolError
 
 
 class GrpcInference:
     """The six RPCs; each takes the request message and Serve's RayServegRPCContext."""
 
-    def __init__(self, service: InferenceService, *, token: str | None = None):
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        token: str | None = None,
+        metrics: RequestMetrics | None = None,
+    ):
+        """`metrics` defaults to the replica's (None outside Ray: nothing is recorded)."""
         self.service = service
         self._token = token.encode() if token else None
+        if metrics is None:
+            metrics = replica_metrics(service.name, service.model.version)
+        self._metrics = metrics
 
     async def server_live(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -85,7 +100,19 @@ class GrpcInference:
                 return await asyncio.to_thread(model_infer_response, name, version, req, logits)
             return model_infer_response(name, version, req, logits)
 
-        return await self._guarded(context, pb.ModelInferResponse, answer)
+        if self._metrics is None:
+            return await self._guarded(context, pb.ModelInferResponse, answer)
+        # An exception escaping here is a bug Serve answers with INTERNAL; a cancelled call
+        # (the client gave up or the replica is stopping) is gRPC's CANCELLED.
+        started, code = time.perf_counter(), "INTERNAL"
+        try:
+            response, code = await self._answered(context, answer)
+            return pb.ModelInferResponse() if response is None else response
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            self._metrics.observe(GRPC, code, time.perf_counter() - started)
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -115,11 +142,19 @@ class GrpcInference:
     async def _guarded(self, context, empty: type, answer: Callable[[], Awaitable[Any]]):
         """`answer()` after the token check; a ProtocolError becomes its gRPC status and an
         empty message (what Serve sends with a status set on the context)."""
+        response, _ = await self._answered(context, answer)
+        return empty() if response is None else response
+
+    async def _answered(
+        self, context, answer: Callable[[], Awaitable[Any]]
+    ) -> tuple[Any | None, str]:
+        """(`answer()`, "OK") after the token check, or (None, the status name) for a
+        ProtocolError, with that status and its message set on the context."""
         try:
             self._check_token(context)
-            return await answer()
+            return await answer(), "OK"
         except ProtocolError as exc:
             code = GRPC_CODES.get(exc.status, "INVALID_ARGUMENT")
             context.set_code(getattr(grpc.StatusCode, code))
             context.set_details(exc.message)
-            return empty()
+            return None, code
