@@ -37,6 +37,7 @@ from pydantic.alias_generators import to_camel
 from rayfleet import usage
 from rayfleet.errors import BadInputError, JobNotFoundError, StorageError
 from rayfleet.specs import SweepJob, TrainJob
+from rayfleet.specs.base import dataset_location
 from rayfleet.storage import documents
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
@@ -150,6 +151,15 @@ def job_spec(run_uri: StorageURI) -> dict[str, Any]:
     doc = read(filesystem_for(run_uri), run_uri) or {}
     spec = (doc.get("spec") or {}).get("spec")
     return spec if isinstance(spec, dict) else {}
+
+
+def dataset_in(spec: dict[str, Any], storage: StorageURI | str | None) -> StorageURI | None:
+    """The dataset a stored TrainJob spec (`job_spec`) trained on (`specs.base.
+    dataset_location`: a name under the storage root, else a URI); None when it names none."""
+    raw = spec.get("dataset")
+    if not isinstance(raw, str) or not raw:
+        return None
+    return dataset_location(raw, storage)
 
 
 def update(

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from rayfleet.cli.main import app
-from rayfleet.compress.job import compress_run, dataset_of_run
+from rayfleet.compress.job import compress_run
 from rayfleet.compress.lineage import META_KEY, Compression, compression_of
 from rayfleet.compress.methods import METHODS, CompressError, check_layers, method_named
 from rayfleet.serve.loading import ModelLoadError, load_model
@@ -89,13 +89,13 @@ def test_a_malformed_lineage_is_refused_not_loaded_as_fp32(raw, message):
         compression_of({META_KEY: raw}, "ck")
 
 
-def test_dataset_of_run_reads_the_record_spec(tmp_path):
+def test_the_dataset_a_stored_spec_names_resolves_under_its_storage_or_as_a_uri(tmp_path):
+    from rayfleet.record import dataset_in
+
     root = parse_uri(str(tmp_path))
-    named = {"spec": {"spec": {"dataset": "digits"}}}
-    assert dataset_of_run(root, named) == root.join("datasets", "digits")
-    uri = {"spec": {"spec": {"dataset": "s3://bucket/data/tab"}}}
-    assert str(dataset_of_run(root, uri)) == "s3://bucket/data/tab"
-    assert dataset_of_run(root, None) is None and dataset_of_run(root, {"spec": {}}) is None
+    assert dataset_in({"dataset": "digits"}, root) == root.join("datasets", "digits")
+    assert str(dataset_in({"dataset": "s3://bucket/data/tab"}, root)) == "s3://bucket/data/tab"
+    assert dataset_in({}, root) is None and dataset_in({"dataset": ""}, root) is None
 
 
 # ------------------------------------------------------------------ refusals (CLI, exit 2)

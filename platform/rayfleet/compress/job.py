@@ -28,7 +28,7 @@ from rayfleet.compress.lineage import (
     compression_of,
 )
 from rayfleet.compress.methods import CompressError, Method, check_layers, method_named
-from rayfleet.specs.base import NAME_RE, is_dataset_name
+from rayfleet.specs.base import NAME_RE, dataset_location
 from rayfleet.storage.checkpoints import (
     MANIFEST,
     checkpoint_dir_name,
@@ -37,7 +37,7 @@ from rayfleet.storage.checkpoints import (
     write_manifest,
 )
 from rayfleet.storage.filesystem import exists, filesystem_for
-from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.storage.uri import StorageURI
 from rayfleet.train.recipes import STATE_FILE
 
 CALIBRATION_ROWS = 512
@@ -85,24 +85,15 @@ def check_destination(fs: pafs.FileSystem, dest: StorageURI, *, overwrite: bool)
         )
 
 
-def dataset_of_run(storage: StorageURI, record: dict[str, Any] | None) -> StorageURI | None:
-    """The dataset a run trained on, from its record's spec: a name lives under the run's
-    storage root, anything else is a URI. None when the record names none."""
-    spec = ((record or {}).get("spec") or {}).get("spec") or {}
-    raw = spec.get("dataset")
-    if not isinstance(raw, str) or not raw:
-        return None
-    return storage.join("datasets", raw) if is_dataset_name(raw) else parse_uri(raw)
-
-
 def resolve_dataset(
     storage: StorageURI, run_uri: StorageURI, given: str | None
 ) -> StorageURI | None:
+    """`--dataset` (a name under `storage`'s datasets/, or a URI), else the run's own."""
     if given:
-        return storage.join("datasets", given) if is_dataset_name(given) else parse_uri(given)
+        return dataset_location(given, storage)
     from rayfleet import record
 
-    return dataset_of_run(storage, record.read(filesystem_for(run_uri), run_uri))
+    return record.dataset_in(record.job_spec(run_uri), storage)
 
 
 # ----------------------------------------------------------------------------- the work

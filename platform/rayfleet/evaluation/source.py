@@ -21,9 +21,9 @@ from typing import Any
 
 from rayfleet import record
 from rayfleet.data.layout import SPLITS, DatasetInfo, read_info
-from rayfleet.errors import BadInputError, StorageError
+from rayfleet.errors import BadInputError
 from rayfleet.serve.loading import Signature, require_listed, signature_from_meta
-from rayfleet.specs.base import is_dataset_name, resolve_storage
+from rayfleet.specs.base import dataset_location, resolve_storage
 from rayfleet.specs.tracking import TrackingSpec, tracking_in
 from rayfleet.storage.checkpoints import MANIFEST, newest_verified, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
@@ -114,17 +114,9 @@ def resolve(
 
 
 def _best_of(sweep_uri: StorageURI, sweep: str) -> tuple[StorageURI, str]:
-    from rayfleet.tune.results import read_best
+    from rayfleet.tune.results import required_best
 
-    try:
-        best = read_best(sweep_uri)
-    except StorageError as exc:
-        raise EvaluationError(f"sweep {sweep}: {exc}") from None
-    if best is None:
-        raise EvaluationError(
-            f"sweep {sweep}: no best.json under {sweep_uri}; run the sweep to the end first, "
-            "or check --sweep and --storage"
-        )
+    best = required_best(sweep_uri, sweep, fix="check --sweep and --storage", error=EvaluationError)
     try:
         uri = parse_uri(best.checkpoint)
     except BadInputError as exc:
@@ -148,12 +140,7 @@ def run_facts(checkpoint: Checkpoint, storage: str | None) -> RunFacts:
     no record says; a sweep trial's tracking may come from its sweep). A dataset name
     resolves under the run's storage, else --storage."""
     spec = record.job_spec(checkpoint.run_uri)
-    dataset = None
-    if isinstance(raw := spec.get("dataset"), str) and raw:
-        if is_dataset_name(raw):
-            dataset = resolve_storage(spec.get("storage") or storage).join("datasets", raw)
-        else:
-            dataset = parse_uri(raw)
+    dataset = record.dataset_in(spec, spec.get("storage") or storage)
     if dataset is None:
         dataset = _compressed_from(checkpoint.meta, storage)
     tracking = tracking_in(spec)
@@ -169,20 +156,14 @@ def _compressed_from(meta: dict[str, Any], storage: str | None) -> StorageURI | 
     for part in ("evaluation", "calibration"):
         raw = (lineage.get(part) or {}).get("dataset")
         if isinstance(raw, str) and raw:
-            return (
-                resolve_storage(storage).join("datasets", raw)
-                if is_dataset_name(raw)
-                else parse_uri(raw)
-            )
+            return dataset_location(raw, storage)
     return None
 
 
 def dataset_uri(given: str | None, facts: RunFacts, checkpoint: Checkpoint, storage: str | None):
     """`--dataset` (a name under <storage>/datasets/, or a URI), else the run's own."""
-    if given and is_dataset_name(given):
-        return resolve_storage(storage).join("datasets", given)
     if given:
-        return parse_uri(given)
+        return dataset_location(given, storage)
     if facts.dataset is None:
         raise EvaluationError(
             f"checkpoint {checkpoint.uri}: no run record beside it names the dataset it "

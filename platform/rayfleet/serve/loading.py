@@ -40,7 +40,7 @@ from rayfleet.storage.checkpoints import MANIFEST, download_verified, newest_ver
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train.recipes import RECIPES, STATE_FILE
-from rayfleet.tune.documents import BEST_FILE, BestTrial
+from rayfleet.tune.documents import BestTrial
 
 if TYPE_CHECKING:
     import numpy as np
@@ -166,19 +166,14 @@ def _verified(uri: StorageURI, what: str) -> dict[str, Any]:
 
 def read_best(storage: StorageURI, sweep: str) -> BestTrial:
     """`<storage>/sweeps/NAME/best.json`: the sweep's best trial and its checkpoint URI."""
-    from rayfleet.tune.results import read_best as read_sweep_best
+    from rayfleet.tune.results import required_best
 
-    uri = storage.join("sweeps", sweep)
-    try:
-        best = read_sweep_best(uri)
-    except StorageError as exc:
-        raise ModelLoadError(f"sweep {sweep}: {exc}") from None
-    if best is None:
-        raise ModelLoadError(
-            f"sweep {sweep}: no {BEST_FILE} at {uri.join(BEST_FILE)}; run the sweep to the end "
-            "first, or fix spec.source.sweep / spec.storage"
-        )
-    return best
+    return required_best(
+        storage.join("sweeps", sweep),
+        sweep,
+        fix="fix spec.source.sweep / spec.storage",
+        error=ModelLoadError,
+    )
 
 
 def resolve_source(deployment: ModelDeployment) -> ResolvedSource:

@@ -136,3 +136,12 @@ def resolve_storage(raw: str | None) -> StorageURI:
 
 def is_dataset_name(raw: str) -> bool:
     return bool(_DATASET_NAME.fullmatch(raw))
+
+
+def dataset_location(raw: str, storage: StorageURI | str | None) -> StorageURI:
+    """Where dataset `raw` lives: a name under the storage root's datasets/ (`storage`: a
+    root, or the raw value `resolve_storage` takes), anything else a URI of its own."""
+    if not is_dataset_name(raw):
+        return parse_uri(raw)
+    root = storage if isinstance(storage, StorageURI) else resolve_storage(storage)
+    return root.join("datasets", raw)

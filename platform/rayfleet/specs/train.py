@@ -18,12 +18,12 @@ from rayfleet.specs.base import (
     Resource,
     SpecModel,
     UriStr,
-    is_dataset_name,
+    dataset_location,
     resolve_storage,
 )
 from rayfleet.specs.scheduling import LifecycleSpec, SchedulingSpec
 from rayfleet.specs.tracking import TrackingSpec
-from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.storage.uri import StorageURI
 
 # The model.config key a user loop reads its epoch count from, by Ray Train convention.
 EPOCHS_KEY = "epochs"
@@ -203,10 +203,7 @@ class TrainJob(Resource):
     def dataset_uri(self) -> StorageURI | None:
         if self.spec.dataset is None:
             return None
-        raw = self.spec.dataset
-        if is_dataset_name(raw):
-            return self.storage_uri().join("datasets", raw)
-        return parse_uri(raw)
+        return dataset_location(self.spec.dataset, self.spec.storage)
 
     def run_uri(self) -> StorageURI:
         return self.storage_uri().join("runs", self.name)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from rayfleet import record, usage
-from rayfleet.errors import StorageError, WorkFailedError
+from rayfleet.errors import BadInputError, StorageError, WorkFailedError
 from rayfleet.evaluation.document import EVALUATION_FILE, Evaluation
 from rayfleet.storage import documents
 from rayfleet.storage.checkpoints import list_checkpoints, newest_verified
@@ -42,6 +42,7 @@ __all__ = [
     "TrialRow",
     "promote_best",
     "read_best",
+    "required_best",
     "read_table",
     "require_results",
     "row_state",
@@ -91,6 +92,23 @@ def read_table(uri: StorageURI) -> SweepTable | None:
 
 def read_best(uri: StorageURI) -> BestTrial | None:
     return _read(uri.join(BEST_FILE), parse_best)
+
+
+def required_best(
+    uri: StorageURI, sweep: str, *, fix: str, error: type[BadInputError] = BadInputError
+) -> BestTrial:
+    """Sweep `sweep`'s best trial (best.json at `uri`) for a command that needs one: `error`
+    (one line, ending with `fix`) when it is missing or unreadable."""
+    try:
+        best = read_best(uri)
+    except StorageError as exc:
+        raise error(f"sweep {sweep}: {exc}") from None
+    if best is None:
+        raise error(
+            f"sweep {sweep}: no {BEST_FILE} at {uri.join(BEST_FILE)}; run the sweep to the end "
+            f"first, or {fix}"
+        )
+    return best
 
 
 def promote_best(uri: StorageURI, table: SweepTable, run_uri_of) -> BestTrial:
