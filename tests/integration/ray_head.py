@@ -119,17 +119,30 @@ class RayHead:
 
     def stop(self) -> None:
         """SIGTERM to `ray start --block` (it stops what it started), SIGKILL to its session
-        if it lingers, then end any process still naming this head's temp dir."""
+        if it lingers, then end every process it started that is still there: its
+        descendants as they were (Ray workers run in sessions of their own, and the HAProxy a
+        Serve actor starts names no file of the head) and any naming this head's temp dir."""
         import psutil
 
+        family: list[psutil.Process] = []
         if self.proc is not None and self.proc.poll() is None:
-            # Ray drains a node for up to 30 s on SIGTERM; a test head has nothing to drain.
+            try:
+                family = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+            # Ray drains a node for up to 30 s on SIGTERM; a test head has nothing to drain,
+            # and one serving Serve never stopped within 10 s (measured): 2 s, then SIGKILL.
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        for proc in family:
+            try:
+                proc.kill()  # psutil checks it is still the same process (start time)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 if any(self.temp_dir in part for part in proc.info["cmdline"] or []):

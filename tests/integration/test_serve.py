@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,6 @@ import pytest
 import torch
 import yaml
 
-from rayfleet.local import free_serve_port, stop_gracefully
 from rayfleet.serve.evaluate import evaluate_served, read_split
 from rayfleet.storage.checkpoints import download_verified
 from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
@@ -33,39 +31,18 @@ from rayfleet.storage.pins import pinned
 from rayfleet.storage.uri import parse_uri
 from rayfleet.train.recipes.digits import build_model
 
-from ..conftest import BUCKET, REPO
+from ..conftest import BUCKET
 from ..unit.test_serve_protocol import BAD
 from .load import BoundedLoad
+from .serving import ServeProcess, digits_spec, start_serve
 
 pytestmark = pytest.mark.integration
-SERVE = REPO / "jobs" / "digits" / "serve.yaml"
+
 SWEEP, MODEL = "serve-sweep", "digits"
 TENSOR = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
 ONE = {"inputs": [TENSOR]}
 INFER = f"/v2/models/{MODEL}/infer"
 TOKEN = "it-0123456789abcdef-serve-token"  # handed to `rayfleet serve` in a --token-file
-
-
-class Server:
-    def __init__(self, proc, url, spec, env, log):
-        self.proc, self.url, self.spec, self.env, self.log = proc, url, spec, env, log
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_for_output(self, text: str, timeout: float = 30) -> str:
-        """The server's output once it shows `text` (it is written as the server goes)."""
-        deadline = time.monotonic() + timeout
-        while text not in self.output() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return self.output()
-
-    def cli(self, *args: str, timeout: float = 120, stdin: str | None = None):
-        """`rayfleet ...` in its own process, as a user in a second terminal runs it."""
-        return subprocess.run(
-            [sys.executable, "-m", "rayfleet.cli.main", *args],
-            capture_output=True, text=True, timeout=timeout, env=self.env, input=stdin,
-        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -84,48 +61,18 @@ def server(trained, tmp_path_factory):
            "epoch": trained.epoch, "checkpoint": trained.checkpoint_uri}  # fmt: skip
     write_bytes(filesystem_for(best), best.fs_path, json.dumps(doc).encode())
 
-    spec = yaml.safe_load(SERVE.read_text())
-    spec["spec"].update(
-        source={"sweep": SWEEP}, storage=f"s3://{BUCKET}", replicas=1, cpusPerReplica=0.5,
-        batching={"maxBatchSize": 16, "batchWaitTimeoutS": 0.002},
-    )  # fmt: skip
-    spec_path = work / "serve.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    port = free_serve_port()
-    env = {**os.environ, "RAYFLEET_SERVE_STATE": str(work / "state.json")}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAYFLEET_SERVE_TOKEN", None)
     # Auth starts off; the token goes to the embedded Ray's environment so that a later
     # in-place update can turn spec.auth on (test_auth_turned_on_in_place).
     token_file = work / "token"
     token_file.write_text(TOKEN + "\n")
-    log = work / "serve.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rayfleet.cli.main", "serve", str(spec_path),
-             "--port", str(port), "--token-file", str(token_file)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    srv = Server(proc, f"http://127.0.0.1:{port}", spec_path, env, log)
-    _wait_ready(srv, Path(env["RAYFLEET_SERVE_STATE"]), timeout=240)
+    srv = start_serve(
+        work,
+        digits_spec(source={"sweep": SWEEP}, storage=f"s3://{BUCKET}", replicas=1,
+                    cpusPerReplica=0.5, batching={"maxBatchSize": 16, "batchWaitTimeoutS": 0.002}),
+        args=("--token-file", str(token_file)),
+    )  # fmt: skip
     yield srv
-    stop_gracefully(proc)  # only the process this fixture started, by its handle
-
-
-def _wait_ready(srv: Server, state: Path, timeout: float) -> None:
-    """Ready as a client sees it: GET /v2/health/ready answers 200 (all replicas up), and the
-    local state file that `rayfleet predict` finds the URL in is written."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=srv.url, timeout=5) as client:
-        while True:
-            assert srv.proc.poll() is None, srv.output()[-3000:]
-            assert time.monotonic() < deadline, srv.output()[-3000:]
-            try:
-                if client.get("/v2/health/ready").status_code == 200 and state.exists():
-                    return
-            except httpx.TransportError:
-                pass  # the proxy is not listening yet
-            time.sleep(0.5)
+    srv.stop()
 
 
 def _predicted(stdout: str) -> list[int]:
@@ -287,7 +234,7 @@ def test_replicas_1_2_1_in_place_under_load_without_failed_requests(server):
     _assert_haproxy_listens_on_loopback_only(server)  # after the reloads the scaling did
 
 
-def _assert_haproxy_listens_on_loopback_only(server: Server) -> None:
+def _assert_haproxy_listens_on_loopback_only(server: ServeProcess) -> None:
     """Every listener of this instance's HAProxy (HTTP, stats, Prometheus): none on all
     interfaces (Ray's template binds stats/metrics on `*`; rayfleet's wrapper rebinds them)."""
     listeners = set()

@@ -7,9 +7,7 @@ hand-made grpcio client on our stubs, with the REST API's answers as the referen
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from rayfleet.local import free_serve_port
 from rayfleet.serve.grpc import predict_v2_pb2 as pb
@@ -26,6 +23,7 @@ from rayfleet.serve.grpc import predict_v2_pb2_grpc as pb_grpc
 from ..conftest import REPO
 from ..unit.test_serve_grpc import BAD
 from ..unit.test_serve_loading import write_checkpoint
+from .serving import ServeProcess, start_serve
 
 pytestmark = pytest.mark.integration
 MODEL = "digits"
@@ -34,62 +32,35 @@ CLIENT_SCRIPT = Path(__file__).with_name("grpc_client.py")
 X = np.random.default_rng(7).random((4, 1, 8, 8), dtype=np.float32)
 
 
-class Server:
-    def __init__(self, proc, log: Path, http: str, grpc_address: str):
-        self.proc, self.log, self.http, self.grpc = proc, log, http, grpc_address
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("serve-grpc")
     checkpoint = write_checkpoint(work / "checkpoint_e000002-aa", 2)
-    http_port, grpc_port = free_serve_port(), free_serve_port()
-    spec = {
+    grpc_port = free_serve_port()
+    doc = {
         "apiVersion": "rayfleet.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": MODEL},
         "spec": {"source": {"checkpoint": str(checkpoint)}, "replicas": 1,
                  "cpusPerReplica": 0.5, "grpcPort": grpc_port},
     }  # fmt: skip
-    spec_path = work / "serve.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "RAYFLEET_SERVE_STATE": str(work / "state.json")}
-    for name in ("RAY_ADDRESS", "RAYFLEET_SERVE_TOKEN"):
-        env.pop(name, None)
-    log = work / "serve.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rayfleet.cli.main", "serve", str(spec_path),
-             "--port", str(http_port)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    srv = Server(proc, log, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+    srv = start_serve(work, doc)
+    srv.grpc = f"127.0.0.1:{grpc_port}"
     try:
-        _wait_ready(srv, timeout=240)
+        _wait_grpc_ready(srv, timeout=60)
         yield srv
     finally:
-        _stop(proc)
+        srv.stop()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, which `rayfleet serve` handles like Ctrl-C (it stops its Ray): a process
-    started in the background ignores SIGINT. Only the process this fixture started."""
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _wait_ready(srv: Server, timeout: float) -> None:
-    """Ready as a gRPC client sees it: ServerReady answers through the gRPC port."""
+def _wait_grpc_ready(srv: ServeProcess, timeout: float) -> None:
+    """Ready as a gRPC client sees it too: ServerReady answers through the gRPC port."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(srv.grpc) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         while True:
-            assert srv.proc.poll() is None, srv.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
+            assert srv.proc.poll() is None, srv.output()[-3000:]
+            assert time.monotonic() < deadline, srv.output()[-3000:]
             try:
                 if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
                     return
@@ -98,11 +69,11 @@ def _wait_ready(srv: Server, timeout: float) -> None:
             time.sleep(0.5)
 
 
-def _rest(srv: Server) -> dict[str, list]:
+def _rest(srv: ServeProcess) -> dict[str, list]:
     """The REST API's outputs for X (JSON tensors): the reference."""
     tensor = {"name": "input", "shape": list(X.shape), "datatype": "FP32",
               "data": X.reshape(-1).tolist()}  # fmt: skip
-    response = httpx.post(f"{srv.http}/v2/models/{MODEL}/infer", json={"inputs": [tensor]})
+    response = httpx.post(f"{srv.url}/v2/models/{MODEL}/infer", json={"inputs": [tensor]})
     assert response.status_code == 200, response.text
     return {o["name"]: o["data"] for o in response.json()["outputs"]}
 

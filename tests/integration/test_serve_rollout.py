@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fractions
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,22 +23,21 @@ import httpx
 import pyarrow.fs as pafs
 import pytest
 import torch
-import yaml
 
 from rayfleet.errors import RayfleetError
-from rayfleet.local import free_port, free_serve_port, stop_gracefully
+from rayfleet.local import free_port
 from rayfleet.storage.checkpoints import download_verified, list_checkpoints, write_manifest
 from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
 from rayfleet.storage.uri import parse_uri
 
-from ..conftest import BUCKET, DIGITS_RUN, REPO
+from ..conftest import BUCKET, DIGITS_RUN
 from .load import BoundedLoad
+from .serving import ServeProcess, digits_spec, start_serve
 
 # ~250 s on the 2-core VM (three rollouts under load, each ~60 s of Serve replacing replicas):
 # far over the default run's budget. The pure parts run by default (tests/unit/
 # test_serve_rollout.py, tests/k8s/test_rollout*.py).
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-SERVE = REPO / "jobs" / "digits" / "serve.yaml"
 RUN, MODEL = DIGITS_RUN, "digits"
 ONE = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                    "data": [0.25] * 64}]}  # fmt: skip
@@ -71,19 +69,11 @@ class VersionedLoad(BoundedLoad):
                     self.errors.append(outcome)
 
 
-class Served:
-    def __init__(self, proc, url, spec, env, log, metrics_port):
-        self.proc, self.url, self.spec, self.env, self.log = proc, url, spec, env, log
-        self.metrics_port = metrics_port
-
-    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "rayfleet.cli.main", *args],
-            capture_output=True, text=True, timeout=timeout, env=self.env,
-        )  # fmt: skip
+class Served(ServeProcess):
+    metrics_port: int
 
     def roll_to(self, checkpoint: str) -> subprocess.CompletedProcess:
-        return self.cli(*self._roll_args(checkpoint))
+        return self.cli(*self._roll_args(checkpoint), timeout=180)
 
     def _roll_args(self, checkpoint: str) -> list[str]:
         return ["serve", str(self.spec), "--set", "spec.source.run=null",
@@ -133,39 +123,21 @@ def checkpoints(digits_run) -> list[str]:
 
 @pytest.fixture(scope="module")
 def served(checkpoints, tmp_path_factory):
-    work = tmp_path_factory.mktemp("rollout")
-    spec = yaml.safe_load(SERVE.read_text())
-    spec["spec"].update(
-        source={"run": RUN}, storage=f"s3://{BUCKET}", replicas=2, cpusPerReplica=0.5,
-        batching={"maxBatchSize": 1},
-    )  # fmt: skip
-    spec_path = work / "serve.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    port, metrics_port = free_serve_port(), free_port()
-    env = {
-        **os.environ,
-        "RAYFLEET_SERVE_STATE": str(work / "state.json"),
+    metrics_port = free_port()
+    srv = start_serve(
+        tmp_path_factory.mktemp("rollout"),
+        digits_spec(source={"run": RUN}, storage=f"s3://{BUCKET}", replicas=2,
+                    cpusPerReplica=0.5, batching={"maxBatchSize": 1}),
+        args=("--metrics-port", str(metrics_port)),
         # Ray binds its metrics exporter to the node's address, and resolves 127.0.0.1 to the
         # machine's; with clusters off (this variable, despite its name) the node address
         # stays loopback, so the test's exporter listens on 127.0.0.1 only.
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    }
-    for key in ("RAY_ADDRESS", "RAYFLEET_SERVE_TOKEN"):
-        env.pop(key, None)
-    log = work / "serve.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rayfleet.cli.main", "serve", str(spec_path),
-             "--port", str(port), "--metrics-port", str(metrics_port)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    srv = Served(proc, f"http://127.0.0.1:{port}", spec_path, env, log, metrics_port)
-    deadline = time.monotonic() + 240
-    while "Ctrl-C stops serving" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+        env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        kind=Served,
+    )  # fmt: skip
+    srv.metrics_port = metrics_port
     yield srv
-    stop_gracefully(proc)  # only the process this fixture started
+    srv.stop()
 
 
 def _unloadable_copy(src: str, dst: str, tmp: Path) -> str:
