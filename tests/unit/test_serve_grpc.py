@@ -240,13 +240,16 @@ def model(tmp_path_factory):
 
 def _with_server(model, token, calls):
     """Start a grpc.aio server on 127.0.0.1 over the model, run `calls(stub)`, stop it."""
+    service = InferenceService(model, max_request_bytes=4096)
+    return serving(GrpcInference(service, token=token), calls)
+
+
+def serving(inference: GrpcInference, calls):
+    """Serve `inference` on 127.0.0.1 as Serve routes the RPCs to it, run `calls(stub)`."""
 
     async def go():
-        service = InferenceService(model, max_request_bytes=4096)
         server = grpc.aio.server()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            _Adapter(GrpcInference(service, token=token)), server
-        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Adapter(inference), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import grpc
 import httpx
 import numpy as np
 import pytest
@@ -17,10 +16,9 @@ from rayfleet.serve import app as serve_app
 from rayfleet.serve import metrics
 from rayfleet.serve.app import InferenceService, build_app
 from rayfleet.serve.grpc import predict_v2_pb2 as pb
-from rayfleet.serve.grpc import predict_v2_pb2_grpc as pb_grpc
 from rayfleet.serve.grpc.servicer import GrpcInference
 
-from .test_serve_grpc import BAD, TOKEN, _Adapter, _code, _raw, _x
+from .test_serve_grpc import BAD, TOKEN, _code, _raw, _x, serving
 from .test_serve_grpc import model as model  # noqa: F401  (the module-scoped fixture)
 from .test_serve_protocol import _body
 
@@ -39,23 +37,6 @@ class Recorded(metrics.RequestMetrics):
         super().observe(protocol, code, seconds)
         self.seen.append((protocol, str(code)))
         self.seconds.append(seconds)
-
-
-def _grpc(inference: GrpcInference, calls):
-    """Serve `inference` on 127.0.0.1 as Serve routes the RPCs to it, run `calls(stub)`."""
-
-    async def go():
-        server = grpc.aio.server()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Adapter(inference), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await calls(pb_grpc.GRPCInferenceServiceStub(channel))
-        finally:
-            await server.stop(None)
-
-    return asyncio.run(go())
 
 
 def _service(model) -> InferenceService:
@@ -87,7 +68,7 @@ def test_grpc_model_infer_is_counted_by_status_name_and_nothing_else_is(model):
             await _code(stub.ModelInfer(_raw(_x(1)))),
         ]
 
-    codes = _grpc(GrpcInference(_service(model), token=TOKEN, metrics=recorded), calls)
+    codes = serving(GrpcInference(_service(model), token=TOKEN, metrics=recorded), calls)
     expected = ["OK", "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"]
     assert [c for c, _ in codes] == expected  # what the client saw is what was counted
     assert recorded.seen == [("grpc", code) for code in expected]
@@ -107,7 +88,7 @@ def test_a_grpc_inference_that_fails_unexpectedly_counts_as_internal(model, monk
     async def calls(stub):
         return await _code(stub.ModelInfer(_raw(_x(1))))
 
-    code, _ = _grpc(GrpcInference(service, metrics=recorded), calls)
+    code, _ = serving(GrpcInference(service, metrics=recorded), calls)
     assert code == "UNKNOWN"  # plain grpc.aio's answer to an exception; Serve's is INTERNAL
     assert recorded.seen == [("grpc", "INTERNAL")]
 
@@ -124,7 +105,7 @@ def test_a_grpc_inference_the_client_gave_up_on_counts_as_cancelled(model, monke
     async def calls(stub):
         return await _code(stub.ModelInfer(_raw(_x(1)), timeout=0.5))
 
-    code, _ = _grpc(GrpcInference(service, metrics=recorded), calls)
+    code, _ = serving(GrpcInference(service, metrics=recorded), calls)
     assert code == "DEADLINE_EXCEEDED"
     assert recorded.seen == [("grpc", "CANCELLED")]
 
@@ -182,6 +163,6 @@ def test_grpc_without_metrics_records_nothing_and_still_answers(model, monkeypat
     async def calls(stub):
         return await stub.ModelInfer(_raw(_x(1)))
 
-    answer = _grpc(inference, calls)
+    answer = serving(inference, calls)
     assert answer.model_version == model.version
     assert np.frombuffer(answer.raw_output_contents[2], "<i8").shape == (1,)
