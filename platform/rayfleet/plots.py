@@ -14,7 +14,7 @@ matplotlib is imported lazily, with the Agg backend (headless: no display needed
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +103,13 @@ def sweep_figure(
     curves: Mapping[str, Sequence[tuple[int, float]]],
     *,
     best_trial: str | None = None,
+    log_params: Collection[str] = (),
 ):
     """A sweep: the metric against each searched parameter, then every trial's curve.
 
     `curves` maps a trial id to its (epoch, metric value) points (from its run record).
+    `log_params` (sampled log-uniformly) get a log axis however few trials ran; any other
+    positive parameter gets one when its values span 100x or more.
     """
     plt = _pyplot()
     params = list(table.trials[0].params) if table.trials else []
@@ -132,7 +135,7 @@ def sweep_figure(
         if labels is not None:
             ax.set_xticks(range(len(labels)), labels, rotation=30)
             ax.set_xlim(-0.5, len(labels) - 0.5)
-        elif xs and min(xs) > 0 and max(xs) / min(xs) >= 100:
+        elif xs and min(xs) > 0 and (param in log_params or max(xs) / min(xs) >= 100):
             ax.set_xscale("log")
         ax.set_xlabel(param)
         ax.set_ylabel(table.metric)

@@ -77,6 +77,15 @@ def test_sweep_figure_plots_metric_per_parameter_and_marks_asha_stops(tmp_path):
     assert data.startswith(PNG) and len(data) > 5_000
 
 
+def test_a_log_uniform_parameter_gets_a_log_axis_however_narrow_its_trials():
+    table = _table()
+    for row, lr in zip(table.trials, (0.001, 0.003, 0.002), strict=True):
+        row.params["run.learningRate"] = lr  # 3x apart: linear by spread alone
+    assert plots.sweep_figure(table, {}).axes[0].get_xscale() == "linear"
+    fig = plots.sweep_figure(table, {}, log_params=["run.learningRate"])
+    assert fig.axes[0].get_xscale() == "log"
+
+
 def test_cli_help_does_not_import_matplotlib():
     probe = (
         "import sys\nfrom typer.testing import CliRunner\nfrom rayfleet.cli.main import app\n"

@@ -83,4 +83,8 @@ def _sweep_figure(root, name: str):
             if isinstance(e.metrics.get(table.metric), (int, float))
         }
         curves[row.trial_id] = sorted(points.items())
-    return plots.sweep_figure(table, curves, best_trial=best.trial_id if best else None)
+    space = record.job_spec(uri).get("searchSpace") or {}
+    log_params = [key for key, dist in space.items() if "loguniform" in (dist or {})]
+    return plots.sweep_figure(
+        table, curves, best_trial=best.trial_id if best else None, log_params=log_params
+    )
