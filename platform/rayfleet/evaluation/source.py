@@ -25,7 +25,7 @@ from rayfleet.errors import BadInputError
 from rayfleet.serve.loading import Signature, require_listed, signature_from_meta
 from rayfleet.specs.base import dataset_location, resolve_storage
 from rayfleet.specs.tracking import TrackingSpec, tracking_in
-from rayfleet.storage.checkpoints import MANIFEST, newest_verified, verify
+from rayfleet.storage.checkpoints import MANIFEST, required_newest, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train.recipes import STATE_FILE
@@ -91,14 +91,10 @@ def resolve(
         _verified(uri, "checkpoint", "Pass a verified one (--run NAME picks the newest that does)")
     elif run is not None:
         run_uri = root.join("runs", run)
-        ref, skipped_refs = newest_verified(filesystem_for(run_uri), run_uri.fs_path)
+        ref, skipped_refs = required_newest(
+            run_uri, run, fix="check --run and --storage", error=EvaluationError
+        )
         skipped = [str(s) for s in skipped_refs]
-        if ref is None:
-            detail = f" ({'; '.join(skipped)})" if skipped else ""
-            raise EvaluationError(
-                f"run {run}: no verified checkpoint under {run_uri}{detail}; train it with "
-                "`rayfleet run`, or check --run and --storage"
-            )
         uri, via = run_uri.at(ref.path), f"run {run}"  # newest_verified verified it
     else:
         sweep_uri = root.join("sweeps", sweep)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from rayfleet.compress.lineage import compression_of
 from rayfleet.errors import BadInputError, CheckpointError, StorageError
-from rayfleet.storage.checkpoints import MANIFEST, download_verified, newest_verified, verify
+from rayfleet.storage.checkpoints import MANIFEST, download_verified, required_newest, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train.recipes import RECIPES, STATE_FILE
@@ -187,15 +187,10 @@ def resolve_source(deployment: ModelDeployment) -> ResolvedSource:
         via = "checkpoint"
     elif source.run is not None:
         run_uri = storage.join("runs", source.run)
-        fs = filesystem_for(run_uri)
-        ref, skipped_refs = newest_verified(fs, run_uri.fs_path)
+        ref, skipped_refs = required_newest(
+            run_uri, source.run, fix="fix spec.source.run / spec.storage", error=ModelLoadError
+        )
         skipped = [str(s) for s in skipped_refs]
-        if ref is None:
-            detail = f" ({'; '.join(skipped)})" if skipped else ""
-            raise ModelLoadError(
-                f"run {source.run}: no verified checkpoint under {run_uri}{detail}; train it "
-                "with `rayfleet run`, or fix spec.source.run / spec.storage"
-            )
         uri, meta, via = run_uri.at(ref.path), ref.meta, f"run {source.run}"
     else:
         best = read_best(storage, source.sweep)

@@ -32,8 +32,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from rayfleet.errors import CheckpointError
-from rayfleet.storage.filesystem import read_bytes, write_bytes
+from rayfleet.errors import BadInputError, CheckpointError
+from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
+from rayfleet.storage.uri import StorageURI
 
 MANIFEST = "rayfleet-manifest.json"
 MANIFEST_VERSION = 1
@@ -194,6 +195,21 @@ def newest_verified(
             return CheckpointRef(path, epoch, meta), skipped
         skipped.append(Skipped(path.rsplit("/", 1)[-1], result.reason))
     return None, skipped
+
+
+def required_newest(
+    run_uri: StorageURI, run: str, *, fix: str, error: type[BadInputError] = BadInputError
+) -> tuple[CheckpointRef, list[Skipped]]:
+    """Run `run`'s newest verified checkpoint for a command that needs one (serve, evaluate,
+    compress): `error` (one line naming what was skipped, ending with `fix`) when none is."""
+    ref, skipped = newest_verified(filesystem_for(run_uri), run_uri.fs_path)
+    if ref is None:
+        detail = f" ({'; '.join(str(s) for s in skipped)})" if skipped else ""
+        raise error(
+            f"run {run}: no verified checkpoint under {run_uri}{detail}; train it with "
+            f"`rayfleet run`, or {fix}"
+        )
+    return ref, skipped
 
 
 def _int_or(value: Any, default: int) -> int:
