@@ -15,6 +15,7 @@ import typer
 
 from rayfleet.cli.jobs_commands import AddressOption, ContextOption, InsecureOption, TokenFileOption
 from rayfleet.cli.output import Output, OutputOption, console, handle_errors, print_json
+from rayfleet.k8s import doctor as checks
 
 
 @handle_errors
@@ -47,7 +48,6 @@ def doctor(
     KubeRay operator (>= 1.5.1) and CRDs, ModelDeployment operator, the release's RayCluster
     and pods, the token Secret, storage from inside the cluster, the dashboard with the token.
     Exit 0 when nothing failed, 1 otherwise."""
-    from rayfleet.k8s import doctor as checks
 
     reader = checks.ClusterReader(context=kube_context)
     ns = namespace or reader.default_namespace()

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 
+from rayfleet import record
 from rayfleet.cli.options import PricesOption, SetOption
 from rayfleet.cli.output import (
     Output,
@@ -25,7 +26,22 @@ from rayfleet.cli.output import (
     table,
 )
 from rayfleet.errors import BadInputError
+from rayfleet.jobs.locate import refresh_record, run_storage
+from rayfleet.jobs.target import (
+    Context,
+    cleartext_beyond_loopback,
+    config_path,
+    insecure_warning,
+    load_config,
+    normalize_address,
+    resolve,
+    save_config,
+)
+from rayfleet.record import find, submission_entry
 from rayfleet.retry import TimedOutError, poll
+from rayfleet.storage import logs as stored
+from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.usage import load_prices, reprice, summary
 
 AddressOption = typer.Option(
     None, "--address", help="Ray dashboard URL (http://HEAD:8265); default: RAY_ADDRESS."
@@ -47,7 +63,6 @@ contexts = typer.Typer(help="Named Ray clusters (~/.config/rayfleet/config.yaml)
 
 
 def _target(address, context, token_file, insecure=False):
-    from rayfleet.jobs.target import insecure_warning, resolve
 
     target = resolve(address, context, token_file, insecure=insecure)
     if warning := insecure_warning(target):
@@ -62,7 +77,6 @@ def _connect(address, context, token_file, insecure=False):
 
 
 def _job_doc(job) -> dict[str, Any]:
-    from rayfleet.record import submission_entry
 
     meta = job.metadata or {}
     return {
@@ -233,9 +247,6 @@ def logs(
 
 def _stored_logs(name: str, storage: str, stream: str, *, follow: bool, output: Output) -> None:
     """`jobs logs NAME --storage URI`: the copy in storage (storage.logs), no cluster."""
-    from rayfleet import record
-    from rayfleet.storage import logs as stored
-    from rayfleet.storage.filesystem import filesystem_for
 
     uri, _ = record.find(name, storage)
     fs = filesystem_for(uri)
@@ -322,8 +333,6 @@ def describe(
 ) -> None:
     """The run record from storage: spec, submissions, status, epochs, metrics, checkpoint,
     usage (and cost: as recorded, or at --prices), log tail. Works after the cluster is gone."""
-    from rayfleet.record import find
-    from rayfleet.usage import load_prices, reprice
 
     price_table = load_prices(prices)
     storage = storage or _storage_from_cluster(name, address, context, token_file, insecure)
@@ -338,7 +347,6 @@ def describe(
 
 def _storage_from_cluster(name, address, context, token_file, insecure) -> str:
     """Without --storage: the context's storage, the job's metadata, or RAYFLEET_STORAGE."""
-    from rayfleet.jobs.locate import run_storage
 
     named = address or context or os.environ.get("RAY_ADDRESS")
     return run_storage(name, _target(address, context, token_file, insecure) if named else None)
@@ -346,7 +354,6 @@ def _storage_from_cluster(name, address, context, token_file, insecure) -> str:
 
 def _refresh_record(cluster, job, *, with_logs: bool = False) -> None:
     """`jobs` commands keep the run record current with what the cluster says."""
-    from rayfleet.jobs.locate import refresh_record
 
     if warning := refresh_record(cluster, job, with_logs=with_logs):
         err_console.print(f"[yellow]{warning}[/]", highlight=False)
@@ -382,8 +389,6 @@ def _print_record(uri, doc: dict[str, Any]) -> None:
     if result.get("checkpointUri"):
         console.print(f"  checkpoint: {result['checkpointUri']}", highlight=False)
     if used := doc.get("usage"):
-        from rayfleet.usage import summary
-
         open_launch = [x for x in used.get("launches", []) if x.get("ended") is None]
         for line in summary(used):
             console.print(f"  usage: {line}", highlight=False)
@@ -408,13 +413,6 @@ def context_add(
     use: bool = typer.Option(False, "--use", help="Make it the current context."),
 ) -> None:
     """Add (or replace) a named cluster."""
-    from rayfleet.jobs.target import (
-        Context,
-        cleartext_beyond_loopback,
-        load_config,
-        normalize_address,
-        save_config,
-    )
 
     config = load_config()
     entry = Context(
@@ -439,7 +437,6 @@ def context_add(
 @handle_errors
 def context_use(name: str = typer.Argument(...)) -> None:
     """Make a context the default for submit and jobs."""
-    from rayfleet.jobs.target import config_path, load_config, save_config
 
     config = load_config()
     if name not in config.contexts:
@@ -453,7 +450,6 @@ def context_use(name: str = typer.Argument(...)) -> None:
 @handle_errors
 def context_list() -> None:
     """Named clusters; * marks the current one."""
-    from rayfleet.jobs.target import load_config
 
     config = load_config()
     for name, entry in config.contexts.items():

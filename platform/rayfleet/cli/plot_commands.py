@@ -11,8 +11,13 @@ from pathlib import Path
 
 import typer
 
+from rayfleet import plots, record
 from rayfleet.cli.output import Output, OutputOption, console, handle_errors, print_json
 from rayfleet.errors import JobNotFoundError, SpecError
+from rayfleet.specs.base import resolve_storage
+from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.tune.results import require_results
+from rayfleet.tune.trial import trial_run_uri
 
 
 @handle_errors
@@ -32,8 +37,6 @@ def plot(
         raise SpecError("give exactly one of --run NAME or --sweep NAME")
     if out.suffix.lower() != ".png":
         raise SpecError(f"--out {out}: write a .png file (e.g. --out {out.with_suffix('.png')})")
-    from rayfleet import plots
-    from rayfleet.specs.base import resolve_storage
 
     root = resolve_storage(storage)
     if run is not None:
@@ -47,8 +50,6 @@ def plot(
 
 
 def _run_record(root, name: str):
-    from rayfleet import record
-    from rayfleet.storage.filesystem import filesystem_for
 
     uri = root.join("runs", name)
     doc = record.read(filesystem_for(uri), uri)
@@ -63,10 +64,6 @@ def _run_record(root, name: str):
 
 
 def _sweep_figure(root, name: str):
-    from rayfleet import plots, record
-    from rayfleet.storage.filesystem import filesystem_for
-    from rayfleet.tune.results import require_results
-    from rayfleet.tune.trial import trial_run_uri
 
     uri = root.join("sweeps", name)
     table, best = require_results(uri, name)

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from rayfleet import record, usage
 from rayfleet.cli.options import PricesOption, SetOption, VerboseOption
 from rayfleet.cli.output import (
     Output,
@@ -18,6 +19,10 @@ from rayfleet.cli.output import (
     progress_console,
 )
 from rayfleet.specs import load_spec
+from rayfleet.storage.filesystem import filesystem_for  # pyarrow: not for --help
+from rayfleet.storage.logs import LOGS_DIR, ship_output
+from rayfleet.train.launcher import run_train_job
+from rayfleet.usage import summary
 
 
 @handle_errors
@@ -37,9 +42,6 @@ def run(
     """Run a TrainJob: preflight, data-parallel training, verified checkpoints. The driver's
     output is also copied to <run>/logs/ (`rayfleet jobs logs NAME --storage URI`); its usage
     (and cost, with a price table) goes to the run record."""
-    from rayfleet import usage
-    from rayfleet.storage.filesystem import filesystem_for  # pyarrow: not for --help
-    from rayfleet.storage.logs import LOGS_DIR, ship_output
 
     job = load_spec(spec, overrides or [], expect="TrainJob")
     price_table = usage.load_prices(prices)
@@ -50,7 +52,6 @@ def run(
 
 
 def _run(job, spec: Path, *, verbose: bool, force: bool, output: Output) -> None:
-    from rayfleet.train.launcher import run_train_job
 
     s = job.spec
     progress = progress_console(output)
@@ -86,16 +87,12 @@ def _run(job, spec: Path, *, verbose: bool, force: bool, output: Output) -> None
         highlight=False,
     )
     if used:
-        from rayfleet.usage import summary
-
         for line in summary(used):
             console.print(f"usage: {line}", highlight=False)
 
 
 def _recorded_usage(job) -> dict[str, Any] | None:
     """The usage the run record holds now (written with the run's final status)."""
-    from rayfleet import record
-    from rayfleet.storage.filesystem import filesystem_for
 
     uri = job.run_uri()
     return (record.read(filesystem_for(uri), uri) or {}).get("usage")

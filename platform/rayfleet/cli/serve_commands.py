@@ -36,6 +36,7 @@ from typing import Any
 
 import typer
 
+from rayfleet import usage
 from rayfleet.cli.options import SetOption, SpecOrCommand, VerboseOption
 from rayfleet.cli.output import (
     Output,
@@ -47,7 +48,22 @@ from rayfleet.cli.output import (
     print_table,
     table,
 )
+from rayfleet.embedded import ensure_ray
 from rayfleet.errors import BadInputError, SpecError
+from rayfleet.serve import runtime
+from rayfleet.serve.auth import (
+    TOKEN_ENV,
+    ServeAuthError,
+    check_token,
+    client_token,
+    read_token_file,
+)
+from rayfleet.serve.ingress import apply_local_env
+from rayfleet.serve.loading import pin_checkpoint, resolve_source
+from rayfleet.serve.protocol import build_request
+from rayfleet.serve.runtime import read_local_state
+from rayfleet.specs import load_spec
+from rayfleet.storage import documents
 
 URL_ENV = "RAYFLEET_SERVE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -93,9 +109,6 @@ def serve(
     ),
 ) -> None:
     """Serve a ModelDeployment over HTTP (Open Inference Protocol); `serve status` lists them."""
-    from rayfleet.serve.auth import read_token_file
-    from rayfleet.serve.loading import resolve_source
-    from rayfleet.specs import load_spec
 
     token = read_token_file(token_file) if token_file else None
 
@@ -114,8 +127,6 @@ def serve(
         f"[bold]{deployment.model_name}[/] <- {resolved.via}: {resolved.summary()}",
         highlight=False,
     )
-
-    from rayfleet.serve import runtime
 
     connected, owned = runtime.attach(verbose=verbose)
     if connected:
@@ -155,7 +166,6 @@ def serve(
     _check_port(host, port)
     if deployment.spec.grpc_port is not None:
         _check_port(host, deployment.spec.grpc_port, "set another spec.grpcPort")
-    from rayfleet.serve.ingress import apply_local_env
 
     apply_local_env(deployment.spec.ingress, host)  # before Ray starts: its processes inherit it
     _pin(deployment, resolved)
@@ -165,7 +175,6 @@ def serve(
 def _check_ingress(deployment) -> None:
     """The ingress is the running Ray instance's (set when it started): say so when the spec
     asks for another one, rather than silently serving through the other."""
-    from rayfleet.serve.runtime import read_local_state
 
     local = read_local_state()
     running = (local or {}).get("ingress")
@@ -183,7 +192,6 @@ def _note(message: str) -> None:
 def _export_token(deployment, token: str | None) -> None:
     """Hand the replicas of the Ray this process starts their token: through the environment
     they inherit (see `rayfleet.serve.auth` for why nothing else carries it)."""
-    from rayfleet.serve.auth import TOKEN_ENV, ServeAuthError, check_token
 
     if token is None and os.environ.get(TOKEN_ENV, "").strip() and deployment.spec.auth:
         token = check_token(os.environ[TOKEN_ENV], f"${TOKEN_ENV}")
@@ -199,7 +207,6 @@ def _export_token(deployment, token: str | None) -> None:
 
 def _pin(deployment, resolved) -> None:
     """Pin the checkpoint before deploying it, so pruning its run never deletes it."""
-    from rayfleet.serve.loading import pin_checkpoint
 
     warning = pin_checkpoint(deployment, resolved.uri)
     if warning:
@@ -220,9 +227,6 @@ def _serve_foreground(
     target, deployment, resolved, host, port, timeout, verbose, metrics_port=None
 ) -> None:
     import ray
-
-    from rayfleet.embedded import ensure_ray
-    from rayfleet.serve import runtime
 
     ensure_ray(verbose=verbose, metrics_port=metrics_port)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -267,9 +271,6 @@ def _serve_foreground(
 def _meter(deployment):
     """Sample the served replica count into the deployment's usage document (rayfleet.usage),
     priced with $RAYFLEET_PRICES when set."""
-    from rayfleet import usage
-    from rayfleet.serve import runtime
-    from rayfleet.storage import documents
 
     name = deployment.name
     uri = deployment.storage_uri().join("deployments", name, usage.USAGE_FILE)
@@ -302,7 +303,6 @@ def status(
     output: Output = OutputOption,
 ) -> None:
     """The applications served here (or on RAY_ADDRESS): model, status, replicas, URL."""
-    from rayfleet.serve import runtime
 
     connected, owned = runtime.attach(verbose=verbose)
     if not connected:
@@ -409,10 +409,8 @@ def predict(
     """Classify examples with a served model (retries with backoff while it is unavailable).
 
     `-o json` prints the server's Open Inference Protocol response as it is."""
-    from rayfleet.serve.auth import client_token
     from rayfleet.serve.client import PredictClient
     from rayfleet.serve.client import output as tensor
-    from rayfleet.serve.protocol import build_request
 
     token = client_token(token_file) or ""
     payload = _read_input(input_path)
@@ -445,7 +443,6 @@ def resolve_url(url: str | None) -> str:
         return url
     if os.environ.get(URL_ENV):
         return os.environ[URL_ENV]
-    from rayfleet.serve.runtime import read_local_state
 
     local = read_local_state()
     return (local or {}).get("url") or DEFAULT_URL

@@ -10,6 +10,7 @@ import typer
 from rayfleet.cli.options import SetOption
 from rayfleet.cli.output import console, handle_errors
 from rayfleet.specs import KINDS, json_schema, load_spec
+from rayfleet.tune.space import prepare
 
 
 @handle_errors
@@ -20,8 +21,6 @@ def validate(
     """Validate a job spec and print what it resolves to."""
     job = load_spec(spec, overrides or [])
     if job.kind == "SweepJob":
-        from rayfleet.tune.space import prepare
-
         prep = prepare(job, source_dir=spec.resolve().parent)
         console.print(f"[green]valid[/] SweepJob {job.name}", highlight=False)
         console.print(f"  trains:  TrainJob {prep.base.name}", highlight=False)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from rayfleet import usage
 from rayfleet.cli.options import PricesOption, SetOption, SpecOrCommand, VerboseOption
 from rayfleet.cli.output import (
     Output,
@@ -25,9 +26,24 @@ from rayfleet.cli.output import (
     progress_console,
     table,
 )
+from rayfleet.errors import BadInputError
 from rayfleet.specs import load_spec
 from rayfleet.specs.base import resolve_storage
+from rayfleet.storage.filesystem import filesystem_for
+from rayfleet.storage.logs import LOGS_DIR, ship_output
 from rayfleet.tune.documents import BestTrial, SweepTable
+from rayfleet.tune.results import (
+    EVALUATED,
+    require_results,
+    sort_by_evaluation,
+    sweep_usage,
+    table_exists,
+    trial_evaluations,
+    write_usage,
+)
+from rayfleet.tune.space import prepare
+from rayfleet.tune.trial import trial_run_uri
+from rayfleet.usage import load_prices, summary
 
 app = typer.Typer(
     cls=SpecOrCommand,
@@ -166,11 +182,6 @@ def start(
     driver's output is also copied to <sweep>/logs/ (`rayfleet jobs logs NAME --storage`);
     each trial's usage goes to its run record, the sweep's (and what early stopping saved)
     to <sweep>/record.json."""
-    from rayfleet import usage
-    from rayfleet.storage.filesystem import filesystem_for
-    from rayfleet.storage.logs import LOGS_DIR, ship_output
-    from rayfleet.tune.results import table_exists
-    from rayfleet.tune.space import prepare
 
     sweep = load_spec(spec, overrides or [], expect="SweepJob")
     prep = prepare(sweep, source_dir=spec.resolve().parent)
@@ -183,7 +194,6 @@ def start(
 
 
 def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Output, prices) -> None:
-    from rayfleet.tune.results import sweep_usage, write_usage
     from rayfleet.tune.runner import run_sweep
 
     s = sweep.spec
@@ -261,7 +271,6 @@ def sweep_doc(
 def _print_outcome(
     sweep: SweepTable, best: BestTrial | None, used: dict[str, Any], **evaluated: Any
 ) -> None:
-    from rayfleet.usage import summary
 
     print_table(render_table(sweep, best, **evaluated))
     for line in summary(used):
@@ -295,16 +304,6 @@ def show_results(
     """Print a sweep's trial table, best trial and usage (cost with a price table, and what
     early stopping saved), from storage alone; trials scored by `rayfleet evaluate` show
     those scores too."""
-    from rayfleet.errors import BadInputError
-    from rayfleet.tune.results import (
-        EVALUATED,
-        require_results,
-        sort_by_evaluation,
-        sweep_usage,
-        trial_evaluations,
-    )
-    from rayfleet.tune.trial import trial_run_uri
-    from rayfleet.usage import load_prices
 
     if sort_by is not None and sort_by not in EVALUATED:
         raise BadInputError(

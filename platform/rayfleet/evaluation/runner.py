@@ -42,6 +42,7 @@ from rayfleet.evaluation.source import (
     resolve,
     run_facts,
 )
+from rayfleet.serve.loading import load_model  # torch: only once the input is sound
 from rayfleet.storage import documents
 from rayfleet.storage.filesystem import filesystem_for, write_bytes
 from rayfleet.storage.uri import StorageURI
@@ -105,7 +106,6 @@ def prepare(
 
 def probabilities_of(job: Prepared, batch_size: int) -> np.ndarray:
     """Class probabilities of every row from the checkpoint's verified weights."""
-    from rayfleet.serve.loading import load_model  # torch: only once the input is sound
 
     ckpt = job.checkpoint
     model = load_model(ckpt.uri, name="evaluate")

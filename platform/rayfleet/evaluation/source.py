@@ -29,6 +29,7 @@ from rayfleet.storage.checkpoints import MANIFEST, required_newest, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train.recipes import STATE_FILE
+from rayfleet.tune.results import required_best
 
 
 class EvaluationError(BadInputError):
@@ -110,7 +111,6 @@ def resolve(
 
 
 def _best_of(sweep_uri: StorageURI, sweep: str) -> tuple[StorageURI, str]:
-    from rayfleet.tune.results import required_best
 
     best = required_best(sweep_uri, sweep, fix="check --sweep and --storage", error=EvaluationError)
     try:

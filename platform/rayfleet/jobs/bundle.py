@@ -43,6 +43,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+import rayfleet
 from rayfleet.errors import SpecError, StorageError
 from rayfleet.storage.filesystem import filesystem_for, write_bytes
 from rayfleet.storage.uri import StorageURI
@@ -258,7 +259,6 @@ class Bundle:
 
 
 def package_dir() -> Path:
-    import rayfleet
 
     return Path(rayfleet.__file__).resolve().parent
 

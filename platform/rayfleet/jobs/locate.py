@@ -10,6 +10,9 @@ import os
 
 from rayfleet.errors import BadInputError
 from rayfleet.jobs.target import Target
+from rayfleet.specs import parse_spec
+from rayfleet.specs.base import resolve_storage
+from rayfleet.storage.uri import parse_uri
 
 
 def run_storage(name: str, target: Target | None) -> str:
@@ -17,7 +20,6 @@ def run_storage(name: str, target: Target | None) -> str:
     storage, the storage the cluster's newest job of that name was submitted with, or
     RAYFLEET_STORAGE. `target` is None when no cluster was named (no --address, --context
     or RAY_ADDRESS)."""
-    from rayfleet.specs.base import resolve_storage
 
     if target is not None:
         if target.storage:
@@ -42,9 +44,7 @@ def refresh_record(cluster, job, *, with_logs: bool = False) -> str | None:
     the job's status anyway (the status matters more than the record)."""
     from rayfleet import record
     from rayfleet.record import refresh
-    from rayfleet.specs import parse_spec
     from rayfleet.storage.filesystem import filesystem_for
-    from rayfleet.storage.uri import parse_uri
 
     meta = job.metadata or {}
     if not meta.get("rayfleet.record"):

@@ -34,6 +34,9 @@ from rayfleet.specs import Spec, SweepJob, TrainJob, load_spec
 from rayfleet.specs.base import resolve_storage
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI
+from rayfleet.train.launcher import check_inputs
+from rayfleet.tune.results import table_exists
+from rayfleet.tune.space import prepare
 
 _POLL_S = 2.0
 _AGENT_WAIT_S = 60.0
@@ -80,7 +83,6 @@ def plan(
     path: Path, overrides: list[str], env: list[str] | None = None, *, force: bool = False
 ) -> Plan:
     """Everything checked before the cluster is contacted: spec, files, storage, dataset."""
-    from rayfleet.train.launcher import check_inputs
 
     spec: Spec = load_spec(path, overrides)
     if force and not isinstance(spec, TrainJob):
@@ -91,8 +93,6 @@ def plan(
         check_inputs(spec)
         storage = spec.storage_uri()
     elif isinstance(spec, SweepJob):
-        from rayfleet.tune.space import prepare
-
         prepared = prepare(spec, source_dir=spec_dir)
         if spec.spec.train_job.path:
             bundle.check_inside(spec_dir, spec_dir / spec.spec.train_job.path, "spec.trainJob.path")
@@ -215,7 +215,6 @@ def _sweep_state_exists(plan_: Plan) -> bool:
     """A resubmitted sweep resumes (--resume) when the dead driver left its trials.json."""
     if not isinstance(plan_.spec, SweepJob):
         return False
-    from rayfleet.tune.results import table_exists
 
     return table_exists(plan_.record_uri)
 

@@ -33,9 +33,11 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from rayfleet.errors import RayfleetError
+from rayfleet.jobs.target import resolve
 from rayfleet.k8s import crd, pods
 from rayfleet.k8s.client import JSON_HEADERS, KubeAPI, NotFoundError
 from rayfleet.lazy import lazy
+from rayfleet.storage.uri import parse_uri
 
 kubernetes = lazy("kubernetes", purpose="talking to a Kubernetes API server")
 
@@ -598,7 +600,6 @@ def probe_storage(uri: str, termination_log: str = TERMINATION_LOG) -> int:
     """What the probe pod runs: the storage preflight; one line to stdout and the
     termination message. Exit 0 when the location is writable."""
     from rayfleet.storage.preflight import preflight
-    from rayfleet.storage.uri import parse_uri
 
     try:
         seconds = preflight(parse_uri(uri))
@@ -630,8 +631,6 @@ def check_dashboard(
     """GET <dashboard>/api/version with the token, the address and token resolved as every
     rayfleet command resolves them (--address, --context, RAY_ADDRESS, the current context)."""
     import httpx
-
-    from rayfleet.jobs.target import resolve
 
     name = "dashboard"
     cluster = raycluster["metadata"]["name"] if raycluster else "CLUSTER"

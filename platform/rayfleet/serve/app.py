@@ -45,6 +45,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayfleet.serve.auth import TOKEN_ENV, bearer_matches
+from rayfleet.serve.batching import AdaptiveBatcher
 from rayfleet.serve.loading import LoadedModel
 from rayfleet.serve.metrics import HTTP, replica_metrics
 from rayfleet.serve.protocol import (
@@ -98,8 +99,6 @@ class InferenceService:
         self.batches: list[int] = []  # recent batch sizes (requests), for tests and stats
         self._batcher = None
         if max_batch_size > 1:
-            from rayfleet.serve.batching import AdaptiveBatcher
-
             self._batcher = AdaptiveBatcher(
                 self._forward_batch, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s
             )

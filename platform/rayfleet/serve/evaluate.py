@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rayfleet.errors import WorkFailedError
 from rayfleet.local import stop_gracefully
 from rayfleet.retry import poll
 from rayfleet.storage.uri import StorageURI
@@ -83,7 +84,6 @@ def serve_and_classify(
 
     import httpx
 
-    from rayfleet.errors import WorkFailedError
     from rayfleet.serve.loading import resolve_source
     from rayfleet.specs import load_spec
 

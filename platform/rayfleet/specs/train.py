@@ -24,6 +24,7 @@ from rayfleet.specs.base import (
 from rayfleet.specs.scheduling import LifecycleSpec, SchedulingSpec
 from rayfleet.specs.tracking import TrackingSpec
 from rayfleet.storage.uri import StorageURI
+from rayfleet.train.recipes import RECIPES
 
 # The model.config key a user loop reads its epoch count from, by Ray Train convention.
 EPOCHS_KEY = "epochs"
@@ -50,8 +51,6 @@ class ModelSpec(SpecModel):
                 f"entrypoint {self.entrypoint!r} must look like package.module:function"
             )
         if self.recipe is not None:
-            from rayfleet.train.recipes import RECIPES
-
             if self.recipe not in RECIPES:
                 raise ValueError(
                     f"unknown recipe {self.recipe!r}; choose one of {', '.join(sorted(RECIPES))}"
@@ -182,7 +181,6 @@ class TrainJobSpec(SpecModel):
 
     @model_validator(mode="after")
     def _recipe_has_data(self) -> TrainJobSpec:
-        from rayfleet.train.recipes import RECIPES
 
         recipe = RECIPES.get(self.model.recipe or "")
         if recipe and recipe.needs_dataset and self.dataset is None:

@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 
 from rayfleet.errors import BadInputError, CheckpointError
 from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
+from rayfleet.storage.pins import pinned
 from rayfleet.storage.uri import StorageURI
 
 MANIFEST = "rayfleet-manifest.json"
@@ -250,7 +251,6 @@ def prune(
     (served by a deployment, see storage.pins) or named in `protect` (folder names, e.g. the
     checkpoint the run reports as its result).
     """
-    from rayfleet.storage.pins import pinned
 
     held = set(pinned(fs, run_path)) | set(protect)
     kept, deleted = 0, []

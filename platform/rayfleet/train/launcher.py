@@ -36,6 +36,7 @@ from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train import waiting
 from rayfleet.train.recipes import RECIPES, check_dataset
+from rayfleet.train.session import worker_main
 
 Event = dict[str, Any]
 EventHandler = Callable[[Event], None]
@@ -215,7 +216,6 @@ def build_trainer(
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
 
     from rayfleet.train.reporting import RunReporter
-    from rayfleet.train.session import worker_main
 
     spec = job.spec
     run_uri = run_uri or job.run_uri()

@@ -273,7 +273,6 @@ def checkpoint_if_preempted(
     `checkpoint_e{epoch}` with `step` steps of the epoch done; `resume_checkpoint()` then
     gives it back with `Resume.step`, and the loop continues at that step.
     """
-    from rayfleet.storage.checkpoints import launch_token
 
     ctx = context()
     if ctx._watch is None:

@@ -31,6 +31,7 @@ from rayfleet.tune.documents import (
     parse_best,
     parse_table,
 )
+from rayfleet.tune.trial import trial_run_uri
 
 T = TypeVar("T")
 
@@ -162,7 +163,6 @@ def sweep_usage(
     """The sweep's usage from its trials' run records (`<sweep>/<trial>/train/record.json`,
     kept by the driver as trials start and end), with what early stopping saved; priced at
     `prices`, else at the prices the trials were recorded with."""
-    from rayfleet.tune.trial import trial_run_uri
 
     trials = []
     for row in table.trials:

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 
 from ray.tune import Callback
 
+from rayfleet.embedded import ensure_ray
 from rayfleet.errors import SpecError, WorkFailedError
+from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.lease import Lease
 from rayfleet.storage.uri import parse_uri
+from rayfleet.train.launcher import check_inputs
 from rayfleet.tune import results, tracking
 from rayfleet.tune.replay import Launch, plan_fresh, plan_resume
 from rayfleet.tune.search import param_space, scheduler, search_alg
@@ -189,7 +192,6 @@ def run_sweep(
     verbose: bool = False,
 ) -> SweepResult:
     """Run (or resume) a prepared sweep to the end; write trials.json and best.json."""
-    from rayfleet.train.launcher import check_inputs
 
     started = time.monotonic()
     check_inputs(prep.base)
@@ -231,9 +233,6 @@ def _run_launch(
 def _fit(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, verbose: bool) -> None:
     """Run the launch as a new Tune experiment under <sweep>/tune/."""
     from ray import tune
-
-    from rayfleet.embedded import ensure_ray
-    from rayfleet.storage.filesystem import filesystem_for
 
     owns_ray = ensure_ray(verbose=verbose, dashboard=True)
     try:
