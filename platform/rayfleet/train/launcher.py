@@ -35,7 +35,7 @@ from rayfleet.storage.lease import Lease
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train import waiting
-from rayfleet.train.recipes import RECIPES, check_dataset
+from rayfleet.train.recipes import RECIPES, check_config, check_dataset
 from rayfleet.train.session import worker_main
 
 Event = dict[str, Any]
@@ -307,7 +307,10 @@ def _wait_for_storage(storage: StorageURI, notify: EventHandler) -> None:
 
 
 def check_inputs(job: TrainJob) -> None:
-    """Everything checkable before Ray starts: storage preflight, then the dataset."""
+    """Everything checkable before Ray starts: the recipe's config, storage preflight, then
+    the dataset."""
+    if job.spec.model.recipe:
+        check_config(job.spec.model.recipe, job.spec.model.config)
     preflight(job.storage_uri())
     if (dataset := job.dataset_uri()) is not None:
         info = read_info(filesystem_for(dataset), dataset)

@@ -5,6 +5,7 @@ The registry is plain data (no torch import), so validating a spec stays fast.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ class Recipe:
     dataset_kinds: tuple[str, ...] = ()
     # A fixed feature shape the model is built for (digits-cnn); empty: any shape of the kind.
     feature_shape: tuple[int, ...] = ()
+    # module:function checking a `model.config` (SpecError, one line) before Ray starts, so a
+    # bad value fails the command at once, not in every worker attempt; empty: none.
+    config_check: str = ""
 
 
 _CLASSIFIER_METRICS = ("train_loss", "val_loss", "val_accuracy")
@@ -45,6 +49,7 @@ def _builtin(
     dataset_kinds: tuple[str, ...] = (),
     metrics: tuple[str, ...] = _CLASSIFIER_METRICS,
     feature_shape: tuple[int, ...] = (),
+    config_check: str = "",
 ) -> Recipe:
     """A recipe of this package: `module` defines `train_loop` and `build_model`."""
     path = f"rayfleet.train.recipes.{module}"
@@ -57,6 +62,7 @@ def _builtin(
         metrics=metrics,
         dataset_kinds=dataset_kinds,
         feature_shape=feature_shape,
+        config_check=f"{path}:{config_check}" if config_check else "",
     )
 
 
@@ -67,6 +73,17 @@ RECIPES: dict[str, Recipe] = {
         config_keys=("channels", "hidden", "dropout"),
         dataset_kinds=("image",),
         feature_shape=(1, 8, 8),
+    ),
+    "digits-gan": _builtin(
+        "digits_gan",
+        "conditional DCGAN on 8x8 digits; samples scored by a digits classifier",
+        config_keys=("latent", "width", "beta1", "scorer", "scorerEpochs", "samplesPerClass"),
+        dataset_kinds=("image",),
+        # quality first: what a sweep of this recipe maximizes (a classifier's mean
+        # probability of the digit each sample was asked for); no val_* metrics, no accuracy.
+        metrics=("quality", "label_match", "coverage", "g_loss", "d_loss", "noise_quality"),
+        feature_shape=(1, 8, 8),
+        config_check="gan_config",
     ),
     "image-cnn": _builtin(
         "image_cnn",
@@ -95,6 +112,15 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def check_config(recipe_name: str, config: dict[str, Any]) -> None:
+    """The recipe's own check of `model.config` (its `config_check`), where it has one."""
+    recipe = RECIPES.get(recipe_name)
+    if recipe is None or not recipe.config_check:
+        return
+    module, function = recipe.config_check.split(":")
+    getattr(importlib.import_module(module), function)(config)
+
+
 def check_dataset(recipe_name: str, info: Any) -> None:
     """SpecError (one line) unless recipe `recipe_name` can train on dataset `info`.
 
@@ -111,7 +137,11 @@ def check_dataset(recipe_name: str, info: Any) -> None:
     where = f"recipe {recipe_name}: dataset {info.name} is a {kind} dataset {shape}"
     accepts = " or ".join(recipe.dataset_kinds)
     if kind not in recipe.dataset_kinds:
-        fits = sorted(n for n, r in RECIPES.items() if kind in r.dataset_kinds)
+        # Suggest recipes of the same family (same metrics): a classifier's user wants a
+        # classifier for this data, not the digits GAN.
+        fits = sorted(
+            n for n, r in RECIPES.items() if kind in r.dataset_kinds and r.metrics == recipe.metrics
+        )
         other = f"use model.recipe {' or '.join(fits)}" if fits else "use another recipe"
         raise SpecError(
             f"{where}, but it trains on {accepts} datasets; {other}, or import {accepts} "
