@@ -4,6 +4,11 @@ The result is a new run, `<storage>/runs/<to>/`, holding one verified checkpoint
 manifest names its source (URI and manifest sha256) and method; `rayfleet serve` with
 `source.run: <to>` serves it like any trained run. torch is imported only once the arguments
 have been checked (rayfleet.compress.job imports it inside the work).
+
+`--method distill` trains instead of transforming: a student TrainJob (the teacher's recipe,
+`--student-set` or a default smaller config, `--temperature`, `--alpha`, `--epochs`,
+`--workers`) on the embedded or connected Ray, with `rayfleet run`'s progress display; those
+flags are refused with any other method rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from rayfleet.cli.output import Output, OutputOption, console, handle_errors, pr
 def compress(
     run: str = typer.Option(..., "--run", help="The trained run to compress (newest verified)."),
     method: str = typer.Option(
-        ..., "--method", help="dynamic-int8 (Linear/LSTM), static-int8 (CNNs, MLPs) or fp16."
+        ...,
+        "--method",
+        help="dynamic-int8 (Linear/LSTM), static-int8 (CNNs, MLPs), fp16, or distill (train "
+        "a smaller student of the same recipe on the teacher's soft labels).",
     ),
     to: str = typer.Option(..., "--to", help="Name of the new run that receives the result."),
     storage: str | None = typer.Option(
@@ -29,20 +37,64 @@ def compress(
         help="Dataset name or URI for calibration and the accuracy check; default the run's.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --to run."),
+    student_set: list[str] | None = typer.Option(
+        None,
+        "--student-set",
+        help="distill: a student model.config key=value (repeatable); default: the teacher's "
+        "widths divided by 4.",
+    ),
+    temperature: float | None = typer.Option(
+        None, "--temperature", help="distill: softmax temperature T of the soft labels (4)."
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="distill: weight of the soft-label term; 1-alpha on labels (0.7)."
+    ),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="distill: student epochs; default 3x the teacher run's."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="distill: data-parallel workers; default the teacher run's."
+    ),
     output: Output = OutputOption,
 ) -> None:
     """Compress a run's newest verified checkpoint into a new, verified, servable run."""
+    from rayfleet.compress.distill import check_distill_only
     from rayfleet.compress.job import compress_run
+    from rayfleet.compress.methods import method_named
     from rayfleet.specs.base import resolve_storage
 
-    result = compress_run(
-        run,
-        storage=resolve_storage(storage),
-        method=method,
-        to=to,
-        overwrite=overwrite,
-        dataset=dataset,
+    method_named(method)  # an unknown method first, before any flag it would not read
+    check_distill_only(
+        method,
+        student_set=student_set or [],
+        temperature=temperature,
+        alpha=alpha,
+        epochs=epochs,
+        workers=workers,
     )
+    if method == "distill":
+        result = _distill(
+            run,
+            resolve_storage(storage),
+            to=to,
+            overwrite=overwrite,
+            dataset=dataset,
+            student_set=student_set or [],
+            temperature=temperature,
+            alpha=alpha,
+            epochs=epochs,
+            workers=workers,
+            output=output,
+        )
+    else:
+        result = compress_run(
+            run,
+            storage=resolve_storage(storage),
+            method=method,
+            to=to,
+            overwrite=overwrite,
+            dataset=dataset,
+        )
     lineage = result.compression
     if output is Output.json:
         return print_json(
@@ -69,3 +121,34 @@ def compress(
     if result.mlflow_attached:
         console.print(f"lineage attached to run {run}'s MLflow run", highlight=False)
     console.print(f"serve it: set source.run: {to} in a ModelDeployment spec", highlight=False)
+
+
+def _distill(run: str, storage, *, output: Output, temperature, alpha, **options):
+    """Check, announce and train the student run (launcher progress as `rayfleet run` shows
+    it), then attach the lineage to the teacher's MLflow run like the other methods."""
+    from dataclasses import replace
+
+    from rayfleet.cli.output import TrainProgress, progress_console
+    from rayfleet.compress import distill
+    from rayfleet.compress.job import attach_to_source
+
+    plan = distill.prepare_distill(
+        run,
+        storage=storage,
+        temperature=distill.DEFAULT_TEMPERATURE if temperature is None else temperature,
+        alpha=distill.DEFAULT_ALPHA if alpha is None else alpha,
+        **options,
+    )
+    job = plan.job
+    progress = progress_console(output)
+    progress.print(
+        f"[bold]{plan.to}[/]: distill {run} ({plan.recipe} {plan.teacher_config}) into "
+        f"{plan.student_config}, T={plan.temperature:g}, alpha={plan.alpha:g}, "
+        f"{job.spec.scaling.num_workers} worker(s), {job.epochs_planned()} epochs -> "
+        f"{job.run_uri()}",
+        highlight=False,
+    )
+    with TrainProgress(job.epochs_planned(), progress) as view:
+        result = distill.run_distill(plan, on_event=view)
+    attached = attach_to_source(storage.join("runs", run), plan.to, result)
+    return replace(result, mlflow_attached=attached)

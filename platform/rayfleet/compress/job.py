@@ -33,7 +33,7 @@ from rayfleet.storage.checkpoints import (
     MANIFEST,
     checkpoint_dir_name,
     launch_token,
-    newest_verified,
+    required_newest,
     write_manifest,
 )
 from rayfleet.storage.filesystem import exists, filesystem_for
@@ -174,20 +174,26 @@ def compress_run(
     calibration_rows: int = CALIBRATION_ROWS,
 ) -> CompressResult:
     """Write `runs/<to>/checkpoint_e.../` holding run `run`'s newest verified checkpoint
-    compressed with `method`. Raises CompressError / ModelLoadError (exit 2) on bad input."""
+    compressed with `method`. Raises CompressError / ModelLoadError (exit 2) on bad input.
+
+    `distill` trains a student TrainJob with its defaults (compress.distill, which the CLI
+    calls directly for its own flags)."""
     chosen = method_named(method)
+    if chosen.name == "distill":
+        from rayfleet.compress.distill import prepare_distill, run_distill
+
+        plan = prepare_distill(run, storage=storage, to=to, overwrite=overwrite, dataset=dataset)
+        result = run_distill(plan)
+        return replace(
+            result, mlflow_attached=attach_to_source(storage.join("runs", run), to, result)
+        )
     check_names(run, to)
     run_uri, dest = storage.join("runs", run), storage.join("runs", to)
-    fs = filesystem_for(run_uri)
-    ref, skipped = newest_verified(fs, run_uri.fs_path)
-    if ref is None:
-        detail = f" ({'; '.join(str(s) for s in skipped)})" if skipped else ""
-        raise CompressError(
-            f"run {run}: no verified checkpoint under {run_uri}{detail}; train it with "
-            "`rayfleet run`, or fix --run / --storage"
-        )
+    ref, _ = required_newest(run_uri, run, fix="fix --run / --storage", error=CompressError)
     source = run_uri.at(ref.path)
-    if (done := compression_of(ref.meta, str(source))) is not None:
+    # A distilled student is a plain fp32 model: quantizing it further is fine.
+    done = compression_of(ref.meta, str(source))
+    if done is not None and done.method != "distill":
         raise CompressError(
             f"run {run}: its checkpoint is already compressed ({done.method}, from "
             f"{done.source}); compress the fp32 source run instead"

@@ -44,6 +44,18 @@ class Evaluation(_Doc):
         return self.accuracy - self.source_accuracy
 
 
+class Distillation(_Doc):
+    """How a distilled student was trained: its own config (what rebuilds it), the teacher's,
+    the soft-label loss settings and the TrainJob that trained it (a run of the same name)."""
+
+    student_config: dict[str, Any]
+    teacher_config: dict[str, Any] = {}
+    temperature: float = Field(gt=0)
+    alpha: float = Field(ge=0, le=1)
+    epochs: int = Field(ge=1)
+    workers: int = Field(ge=1)
+
+
 class Compression(_Doc):
     method: str
     # torch.backends.quantized.engine the int8 weights were packed for (None for fp16).
@@ -54,6 +66,8 @@ class Compression(_Doc):
     weights_bytes: int = Field(ge=1)  # this checkpoint's state dict, serialized
     layers: list[str] = []  # the layer types the method rewrote
     calibration: Calibration | None = None
+    # distill only: a smaller model of the same recipe, trained on the teacher's soft labels.
+    distillation: Distillation | None = None
     evaluation: Evaluation | None = None
     torch_version: str = ""
 

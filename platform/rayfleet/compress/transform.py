@@ -162,6 +162,8 @@ def restructure(module: nn.Module, compression: Compression, example: torch.Tens
     """The structure a compressed checkpoint's weights load into, built from the recipe's
     fp32 `module` the same way `compress_module` built it (placeholders for the weights)."""
     module = module.eval()
+    if compression.method == "distill":  # a plain fp32 model of the student config
+        return module
     select_engine(compression.engine)
     if compression.method == "dynamic-int8":
         return _dynamic(module)

@@ -146,8 +146,12 @@ def fit_classifier(
     device: torch.device,
     meta: dict[str, Any],
     augment: Augment | None = None,
+    teacher=None,
 ) -> None:
     """Train a classifier with cross-entropy for the run's epochs; every recipe's loop.
+
+    With a `teacher` (recipes.distill.Teacher, frozen) the loss is its distillation loss
+    instead (`rayfleet compress --method distill`); validation stays plain cross-entropy.
 
     Resumes from the newest verified checkpoint, then per epoch: a shuffle (and augmentation)
     drawn from (seed, epoch, rank) only, so a resumed epoch replays exactly; step progress;
@@ -180,7 +184,8 @@ def fit_classifier(
                 x = augment(x, generator)
             x, y = x.to(device), y.to(device)
             with autocast(device, ctx.mixed_precision):
-                loss = F.cross_entropy(model(x).float(), y)
+                logits = model(x).float()
+                loss = F.cross_entropy(logits, y) if teacher is None else teacher.loss(logits, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -225,13 +230,21 @@ def train_classifier(
     augment: Augment | None = None,
 ) -> None:
     """Every classifier recipe's loop: this rank's rows, the model seeded from the run's seed
-    under DDP, Adam at the run's learning rate, then `fit_classifier`."""
+    under DDP, Adam at the run's learning rate, then `fit_classifier`. A `distill` key in
+    the config (a distillation run) is taken out before the model and meta see it and loads
+    the frozen teacher it names."""
     import ray.train.torch
+
+    from rayfleet.train.recipes import distill
 
     ctx = session.context()
     device = ray.train.torch.get_device()
+    model_config, meta, settings = distill.split_settings(model_config, meta)
+    teacher = distill.load_teacher(settings, device) if settings is not None else None
     train, val = load_split("train", dtype), load_split("val", dtype)
     torch.manual_seed(ctx.seed)
     model = ray.train.torch.prepare_model(build_model(model_config))
     optimizer = torch.optim.Adam(model.parameters(), lr=ctx.learning_rate)
-    fit_classifier(model, optimizer, train, val, device=device, meta=meta, augment=augment)
+    fit_classifier(
+        model, optimizer, train, val, device=device, meta=meta, augment=augment, teacher=teacher
+    )
