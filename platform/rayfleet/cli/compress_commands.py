@@ -15,7 +15,20 @@ from __future__ import annotations
 
 import typer
 
-from rayfleet.cli.output import Output, OutputOption, console, handle_errors, print_json
+from rayfleet.cli.output import (
+    Output,
+    OutputOption,
+    TrainProgress,
+    console,
+    handle_errors,
+    print_json,
+    progress_console,
+)
+from rayfleet.compress import distill
+from rayfleet.compress.distill import check_distill_only
+from rayfleet.compress.job import attach_to_source, compress_run
+from rayfleet.compress.methods import method_named
+from rayfleet.specs.base import resolve_storage
 
 
 @handle_errors
@@ -58,10 +71,6 @@ def compress(
     output: Output = OutputOption,
 ) -> None:
     """Compress a run's newest verified checkpoint into a new, verified, servable run."""
-    from rayfleet.compress.distill import check_distill_only
-    from rayfleet.compress.job import compress_run
-    from rayfleet.compress.methods import method_named
-    from rayfleet.specs.base import resolve_storage
 
     method_named(method)  # an unknown method first, before any flag it would not read
     check_distill_only(
@@ -127,10 +136,6 @@ def _distill(run: str, storage, *, output: Output, temperature, alpha, **options
     """Check, announce and train the student run (launcher progress as `rayfleet run` shows
     it), then attach the lineage to the teacher's MLflow run like the other methods."""
     from dataclasses import replace
-
-    from rayfleet.cli.output import TrainProgress, progress_console
-    from rayfleet.compress import distill
-    from rayfleet.compress.job import attach_to_source
 
     plan = distill.prepare_distill(
         run,

@@ -28,9 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayfleet.compress.lineage import META_KEY, Compression, Distillation, Evaluation
+from rayfleet.compress.lineage import (
+    META_KEY,
+    Compression,
+    Distillation,
+    Evaluation,
+    compression_of,
+)
 from rayfleet.compress.methods import CompressError
+from rayfleet.errors import SpecError, WorkFailedError
 from rayfleet.storage.uri import StorageURI
+from rayfleet.train.recipes import RECIPES
 
 # The model.config key that carries the teacher settings into the workers.
 DISTILL_KEY = "distill"
@@ -81,8 +89,6 @@ def parse_student_set(items: Iterable[str], recipe: str) -> dict[str, Any]:
     """`--student-set key=value` items as a dict (values read as YAML scalars, like --set);
     CompressError for a malformed item or a key the recipe does not read."""
     import yaml
-
-    from rayfleet.train.recipes import RECIPES
 
     known = RECIPES[recipe].config_keys
     out: dict[str, Any] = {}
@@ -192,7 +198,6 @@ def _student_job(
     workers: int | None,
 ):
     """The teacher's stored TrainJob document, renamed and given the student config."""
-    from rayfleet.errors import SpecError
     from rayfleet.specs import parse_spec
 
     doc = json.loads(json.dumps(stored))  # a deep copy of plain data
@@ -237,7 +242,6 @@ def prepare_distill(
     known student, bad --student-set / --temperature / --alpha, or an existing --to."""
     from rayfleet import record
     from rayfleet.compress.job import check_destination, check_names, resolve_dataset
-    from rayfleet.compress.lineage import compression_of
     from rayfleet.storage.checkpoints import required_newest
     from rayfleet.storage.filesystem import filesystem_for
 
@@ -315,7 +319,6 @@ def run_distill(plan: DistillPlan, *, on_event: Callable[[dict], None] | None = 
     """Train the student TrainJob, then evaluate it against its teacher and stamp the
     lineage into its final checkpoint's manifest. Returns a compress.job.CompressResult."""
     from rayfleet.compress.job import CompressResult, check_destination
-    from rayfleet.errors import WorkFailedError
     from rayfleet.storage.checkpoints import newest_verified
     from rayfleet.storage.filesystem import exists, filesystem_for
     from rayfleet.train.launcher import run_train_job
@@ -344,7 +347,6 @@ def _stamp(plan: DistillPlan, target: StorageURI, tmp: Path) -> Compression:
     import torch
 
     from rayfleet.compress.job import _read_split, _serialized_size, accuracy
-    from rayfleet.errors import WorkFailedError
     from rayfleet.serve.loading import fetch_verified, load_verified
     from rayfleet.storage.checkpoints import MANIFEST, verify
     from rayfleet.storage.filesystem import filesystem_for, write_bytes

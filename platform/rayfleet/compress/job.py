@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
+from rayfleet.compress.distill import prepare_distill, run_distill
 from rayfleet.compress.lineage import (
     META_KEY,
     Calibration,
@@ -28,7 +29,10 @@ from rayfleet.compress.lineage import (
     compression_of,
 )
 from rayfleet.compress.methods import CompressError, Method, check_layers, method_named
+from rayfleet.errors import BadInputError
+from rayfleet.serve.loading import fetch_verified, load_verified
 from rayfleet.specs.base import NAME_RE, dataset_location
+from rayfleet.specs.tracking import tracking_in
 from rayfleet.storage.checkpoints import (
     MANIFEST,
     checkpoint_dir_name,
@@ -37,6 +41,7 @@ from rayfleet.storage.checkpoints import (
     write_manifest,
 )
 from rayfleet.storage.filesystem import exists, filesystem_for
+from rayfleet.storage.pins import pinned
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train.recipes import STATE_FILE
 
@@ -75,7 +80,6 @@ def check_destination(fs: pafs.FileSystem, dest: StorageURI, *, overwrite: bool)
             f"--to: {dest} already exists; choose another --to name, or pass --overwrite "
             "to replace it"
         )
-    from rayfleet.storage.pins import pinned
 
     if held := pinned(fs, dest.fs_path):
         holders = ", ".join(sorted(set(held.values()))) or "a deployment"
@@ -100,7 +104,6 @@ def resolve_dataset(
 
 
 def _read_split(dataset: StorageURI, split: str, shape: tuple[int, ...], where: str):
-    from rayfleet.errors import BadInputError
     from rayfleet.serve.evaluate import read_split
 
     try:
@@ -180,8 +183,6 @@ def compress_run(
     calls directly for its own flags)."""
     chosen = method_named(method)
     if chosen.name == "distill":
-        from rayfleet.compress.distill import prepare_distill, run_distill
-
         plan = prepare_distill(run, storage=storage, to=to, overwrite=overwrite, dataset=dataset)
         result = run_distill(plan)
         return replace(
@@ -216,7 +217,6 @@ def attach_to_source(run_uri: StorageURI, to: str, result: CompressResult) -> bo
     """The lineage (as `compression-<to>.json`) and its size ratio and accuracy change on the
     source run's MLflow run, when that run was tracked; never fails the compression."""
     from rayfleet import record, tracking
-    from rayfleet.specs.tracking import tracking_in
 
     spec = tracking_in(record.job_spec(run_uri))
     if tracking.target_for(spec) is None:
@@ -244,7 +244,6 @@ def _compress(
     import torch
 
     from rayfleet.compress import transform
-    from rayfleet.serve.loading import fetch_verified, load_verified
 
     where = f"run {run}"
     src_dir, out_dir = tmp / "source", tmp / "out"

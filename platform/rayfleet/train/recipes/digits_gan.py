@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayfleet.errors import SpecError
+from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.train import session
 from rayfleet.train.recipes import STATE_FILE
 from rayfleet.train.recipes.common import (
@@ -56,6 +57,7 @@ from rayfleet.train.recipes.common import (
     seed_epoch,
     unwrap,
 )
+from rayfleet.train.recipes.digits import build_model as build_cnn
 
 RECIPE = "digits-gan"
 NUM_CLASSES = 10
@@ -283,7 +285,6 @@ def train_scorer(
 ) -> nn.Module:
     """A small digits-cnn trained on `x_train` ([N, 1, 8, 8] in [0, 1]): deterministic from
     `seed` (init, shuffles and dropout all drawn from it)."""
-    from rayfleet.train.recipes.digits import build_model as build_cnn
 
     torch.manual_seed(seed)
     model = build_cnn(SCORER_CONFIG)
@@ -402,7 +403,6 @@ def _all_rows(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     train split, so it does not depend on the number of workers."""
     from rayfleet.data.layout import read_info
     from rayfleet.data.shards import read_shard
-    from rayfleet.storage.filesystem import filesystem_for
 
     uri = session.context().dataset_uri
     fs = filesystem_for(uri)
@@ -414,7 +414,6 @@ def _all_rows(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _scorer(cfg: GanConfig, seed: int, stored: dict | None) -> tuple[nn.Module, dict[str, Any]]:
     """Rank 0's scorer: the named checkpoint, the one a resumed checkpoint stored, or a new
     one trained on the train split."""
-    from rayfleet.train.recipes.digits import build_model as build_cnn
 
     if cfg.scorer:
         return load_scorer(cfg.scorer)

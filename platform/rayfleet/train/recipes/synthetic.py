@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rayfleet.train import session
 from rayfleet.train.recipes.common import autocast, save_state
 
 
@@ -73,8 +74,6 @@ def timed_steps(model, optimizer, x, y, *, steps, warmup, device, mixed_precisio
 
 def train_loop(config: dict) -> None:
     import ray.train.torch
-
-    from rayfleet.train import session
 
     ctx = session.context()
     device = ray.train.torch.get_device()
