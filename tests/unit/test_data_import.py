@@ -282,6 +282,44 @@ def test_s3_csv_to_s3_dataset(s3, csv):
     assert len(shard) == 120
 
 
+def _s3_files(fs, uri) -> dict[str, bytes]:
+    infos = fs.get_file_info(pafs.FileSelector(uri.fs_path, recursive=True))
+    return {
+        i.path: fs.open_input_file(i.path).read() for i in infos if i.type == pafs.FileType.File
+    }
+
+
+def test_image_folder_to_s3_and_overwrite_there_only_when_asked(s3, csv, tmp_path):
+    """An image folder imported straight into (loopback) S3; a second import over it is
+    refused without --overwrite, a failing --overwrite leaves it byte for byte, and a good
+    one replaces it with nothing staged left behind."""
+    from rayfleet.storage.filesystem import filesystem_for
+
+    _digit_folder(tmp_path / "imgs")
+    dest = parse_uri("s3://rayfleet-test/datasets/digit-images")
+    fs = filesystem_for(dest)
+    doc = imported(tmp_path / "imgs", str(dest))
+    assert doc["kind"] == "image" and doc["numClasses"] == 10
+    info = read_info(fs, dest)
+    check_files(fs, dest, info)
+    assert info.feature_shape == [1, 8, 8]
+    before = _s3_files(fs, dest)
+
+    refused = run(csv, str(dest), "--label", "species", "--features", "petal")
+    assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
+    failed = run(csv, str(dest), "--label", "nope", "--overwrite")
+    assert failed.exit_code == 2 and "nope" in failed.output, failed.output
+    assert _s3_files(fs, dest) == before
+
+    imported(csv, str(dest), "--label", "species", "--features", "petal", "--overwrite")
+    replaced = read_info(fs, dest)
+    assert replaced.kind == "table" and replaced.num_classes == 3
+    check_files(fs, dest, replaced)
+    assert not [p for p in _s3_files(fs, dest) if ".import-" in p]  # staging moved away
+    names = {p.rsplit("/", 1)[-1] for p in _s3_files(fs, dest)}
+    assert not any(n.endswith(".png") for n in names)
+
+
 @pytest.mark.security
 def test_a_bad_value_deep_in_a_large_csv_fails_after_streaming_and_cleans_up(tmp_path):
     """Column types come from the first block; a bad cell megabytes later fails mid-write,
