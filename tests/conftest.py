@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -78,9 +79,7 @@ def digits_run(ray_local, digits_uri, tmp_path_factory) -> TrainedRun:
     from rayfleet.train.launcher import run_train_job
 
     tracking = f"file://{tmp_path_factory.mktemp('mlruns')}"
-    saved = {key: os.environ.get(key) for key in MLFLOW_FILE_STORE}
-    os.environ.update(MLFLOW_FILE_STORE)
-    try:
+    with mock.patch.dict(os.environ, MLFLOW_FILE_STORE):
         job = load_spec(
             REPO / "jobs" / "digits" / "train.yaml",
             [f"metadata.name={DIGITS_RUN}", f"spec.storage=s3://{BUCKET}",
@@ -89,12 +88,6 @@ def digits_run(ray_local, digits_uri, tmp_path_factory) -> TrainedRun:
              f"spec.tracking.mlflow.experiment={DIGITS_EXPERIMENT}"],
         )  # fmt: skip
         return TrainedRun(run_train_job(job), tracking)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

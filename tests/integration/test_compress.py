@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -94,23 +96,13 @@ def test_compressed_checkpoint_verifies_serves_and_predicts_like_its_source(
 def distilled(digits_run):
     """The session's digits run distilled into the default student (channels 8, hidden 32)
     as a 1-worker, 2-epoch TrainJob on the session's Ray, through what the CLI calls."""
-    import os
-
     from rayfleet.compress.distill import prepare_distill, run_distill
 
     plan = prepare_distill(SOURCE, storage=parse_uri(f"s3://{BUCKET}"), to=f"{SOURCE}-distill",
                            epochs=2, workers=1, overwrite=True)  # fmt: skip
     # The student run is tracked like its teacher (the same MLflow file store).
-    saved = {key: os.environ.get(key) for key in MLFLOW_FILE_STORE}
-    os.environ.update(MLFLOW_FILE_STORE)
-    try:
+    with mock.patch.dict(os.environ, MLFLOW_FILE_STORE):
         return digits_run.result, plan, run_distill(plan)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_a_distilled_student_verifies_serves_and_is_smaller(distilled, digits_uri):

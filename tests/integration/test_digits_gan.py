@@ -11,8 +11,6 @@ group restart), doubling this module's time.
 from __future__ import annotations
 
 import io
-import os
-import signal
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.train.launcher import run_train_job
 
 from ..conftest import BUCKET, REPO
+from .launcher_events import Events, run_killing_rank1
 
 pytestmark = pytest.mark.integration
 SPEC = REPO / "jobs" / "digits-gan" / "train.yaml"
@@ -30,26 +29,6 @@ EPOCHS = 3
 # Measured on the 2-core VM (seed 7): quality 0.886 after 3 epochs, noise 0.108. The test
 # asks for half of that gap, so a different CPU's arithmetic can't fail it by chance.
 MARGIN = 0.5
-
-
-class Events:
-    """Launcher events; `hook` acts on them (killing a worker)."""
-
-    def __init__(self, hook=None):
-        self.items, self.hook, self.pids = [], hook, {}
-
-    def __call__(self, event):
-        self.items.append(event)
-        if event["type"] == "worker":
-            self.pids[event["rank"]] = event["pid"]
-        if self.hook:
-            self.hook(self, event)
-
-    def logs(self):
-        return [e["message"] for e in self.items if e["type"] == "log"]
-
-    def epochs(self):
-        return {e["epoch"]: e["metrics"] for e in self.items if e["type"] == "epoch"}
 
 
 def _job(name: str):
@@ -99,15 +78,5 @@ def test_samples_beat_noise_with_verified_checkpoints_holding_png_and_both_optim
 
 @pytest.mark.slow  # a second full training and a worker-group restart: doubles this module
 def test_worker_killed_mid_run_resumes_with_identical_metrics(reference):
-    def kill_rank1_after_epoch_1(ev, event):
-        if event["type"] == "epoch" and event["epoch"] == 0 and not getattr(ev, "killed", 0):
-            ev.killed = 1
-            os.kill(ev.pids[1], signal.SIGKILL)
-
-    events = Events(kill_rank1_after_epoch_1)
-    result = run_train_job(_job("gan-killed"), on_event=events)
-    assert getattr(events, "killed", 0) == 1
-    assert any(m.startswith("resuming from checkpoint_e00000") for m in events.logs()), (
-        events.logs()
-    )
+    result = run_killing_rank1(_job("gan-killed"), after_epoch=0)
     assert result.metrics == reference[0].metrics

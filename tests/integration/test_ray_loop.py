@@ -20,7 +20,7 @@ from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.train.launcher import run_train_job
 
 from ..conftest import BUCKET, REPO
-from .test_train import Events
+from .launcher_events import Events
 
 pytestmark = pytest.mark.integration
 SPEC = REPO / "jobs" / "ray-loop" / "train.yaml"

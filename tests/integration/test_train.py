@@ -7,7 +7,6 @@ corrupt newest checkpoint) must end with exactly its metrics.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,31 +22,11 @@ from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.train.launcher import run_train_job
 
 from ..conftest import BUCKET, REPO
+from .launcher_events import Events, run_killing_rank1
 
 pytestmark = pytest.mark.integration
 SPEC = REPO / "jobs" / "digits" / "train.yaml"
 EPOCHS = 12
-
-
-class Events:
-    """Collects launcher events; `hook` runs test actions on them (fault injection)."""
-
-    def __init__(self, hook=None):
-        self.items, self.hook = [], hook
-        self.pids: dict[int, int] = {}
-
-    def __call__(self, event):
-        self.items.append(event)
-        if event["type"] == "worker":
-            self.pids[event["rank"]] = event["pid"]
-        if self.hook:
-            self.hook(self, event)
-
-    def logs(self):
-        return [e["message"] for e in self.items if e["type"] == "log"]
-
-    def epochs(self):
-        return {e["epoch"]: e["metrics"] for e in self.items if e["type"] == "epoch"}
 
 
 def _job(name, *overrides):
@@ -76,17 +55,7 @@ def test_digits_trains_to_95_with_verified_checkpoints_in_s3(reference):
 
 
 def test_worker_killed_mid_run_resumes_with_identical_metrics(reference):
-    def kill_rank1_after_epoch_4(ev, event):
-        if event["type"] == "epoch" and event["epoch"] == 4 and not getattr(ev, "killed", 0):
-            ev.killed = 1
-            os.kill(ev.pids[1], signal.SIGKILL)
-
-    events = Events(kill_rank1_after_epoch_4)
-    result = run_train_job(_job("killed"), on_event=events)
-    assert getattr(events, "killed", 0) == 1
-    assert any(m.startswith("resuming from checkpoint_e00000") for m in events.logs()), (
-        events.logs()
-    )
+    result = run_killing_rank1(_job("killed"), after_epoch=4)
     assert result.metrics == reference[0].metrics
 
 
