@@ -46,7 +46,16 @@ def _rayfleet(*args: str, json_mode: bool = False) -> Any:
         subprocess.run(cmd, check=True)
         return None
     proc = subprocess.run([*cmd, "-o", "json"], check=True, stdout=subprocess.PIPE, text=True)
-    return json.loads(proc.stdout)
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        # Say what came instead of the document (empty, or what printed before it), so a
+        # failure here names its cause rather than only a decode position.
+        raise RuntimeError(
+            f"`rayfleet {' '.join(args)} -o json` exited {proc.returncode} but its stdout is "
+            f"not one JSON document ({exc}); stdout was {len(proc.stdout)} chars: "
+            f"{proc.stdout[:500]!r}"
+        ) from None
 
 
 def _serve_best_and_classify(job, json_mode: bool) -> dict[str, Any]:
