@@ -33,7 +33,6 @@ from rayfleet.compress.lineage import (
     Compression,
     Distillation,
     Evaluation,
-    compression_of,
 )
 from rayfleet.compress.methods import CompressError
 from rayfleet.errors import SpecError, WorkFailedError
@@ -241,22 +240,12 @@ def prepare_distill(
     record, a quantized source, a user-entrypoint run, a recipe with no teacher hook or no
     known student, bad --student-set / --temperature / --alpha, or an existing --to."""
     from rayfleet import record
-    from rayfleet.compress.job import check_destination, check_names, resolve_dataset
-    from rayfleet.storage.checkpoints import required_newest
+    from rayfleet.compress.job import check_destination, fp32_source, resolve_dataset
     from rayfleet.storage.filesystem import filesystem_for
 
-    check_names(run, to)
     check_settings(temperature, alpha, epochs, workers)
-    run_uri, dest = storage.join("runs", run), storage.join("runs", to)
+    run_uri, dest, ref, source = fp32_source(run, to, storage, then="distill from")
     fs = filesystem_for(run_uri)
-    ref, _ = required_newest(run_uri, run, fix="fix --run / --storage", error=CompressError)
-    source = run_uri.at(ref.path)
-    done = compression_of(ref.meta, str(source))
-    if done is not None and done.method != "distill":
-        raise CompressError(
-            f"run {run}: its checkpoint is compressed ({done.method}, from {done.source}); "
-            "distill from the fp32 source run instead"
-        )
     stored = (record.read(fs, run_uri) or {}).get("spec") or {}
     model = (stored.get("spec") or {}).get("model") or {}
     if model.get("entrypoint") or not ref.meta.get("recipe"):

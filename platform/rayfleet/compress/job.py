@@ -89,6 +89,23 @@ def check_destination(fs: pafs.FileSystem, dest: StorageURI, *, overwrite: bool)
         )
 
 
+def fp32_source(run: str, to: str, storage: StorageURI, *, then: str):
+    """(run_uri, dest, newest verified checkpoint, its URI) of run `run`, checked for `--to`;
+    CompressError when it has none or it is quantized already (a distilled student is plain
+    fp32 and may be compressed further); `then` says what to do with the fp32 source."""
+    check_names(run, to)
+    run_uri, dest = storage.join("runs", run), storage.join("runs", to)
+    ref, _ = required_newest(run_uri, run, fix="fix --run / --storage", error=CompressError)
+    source = run_uri.at(ref.path)
+    done = compression_of(ref.meta, str(source))
+    if done is not None and done.method != "distill":
+        raise CompressError(
+            f"run {run}: its checkpoint is already compressed ({done.method}, from "
+            f"{done.source}); {then} the fp32 source run instead"
+        )
+    return run_uri, dest, ref, source
+
+
 def resolve_dataset(
     storage: StorageURI, run_uri: StorageURI, given: str | None
 ) -> StorageURI | None:
@@ -188,17 +205,7 @@ def compress_run(
         return replace(
             result, mlflow_attached=attach_to_source(storage.join("runs", run), to, result)
         )
-    check_names(run, to)
-    run_uri, dest = storage.join("runs", run), storage.join("runs", to)
-    ref, _ = required_newest(run_uri, run, fix="fix --run / --storage", error=CompressError)
-    source = run_uri.at(ref.path)
-    # A distilled student is a plain fp32 model: quantizing it further is fine.
-    done = compression_of(ref.meta, str(source))
-    if done is not None and done.method != "distill":
-        raise CompressError(
-            f"run {run}: its checkpoint is already compressed ({done.method}, from "
-            f"{done.source}); compress the fp32 source run instead"
-        )
+    run_uri, dest, ref, source = fp32_source(run, to, storage, then="compress")
     check_destination(filesystem_for(dest), dest, overwrite=overwrite)
     data = resolve_dataset(storage, run_uri, dataset)
     if chosen.needs_calibration and data is None:
