@@ -103,14 +103,24 @@ def test_same_epoch_newer_token_wins(tmp_path):
     assert ref.name == "checkpoint_e000002-0002"
 
 
-def test_prune_keeps_newest_verified(tmp_path):
+def test_prune_keeps_newest_verified_and_clears_torn_ones(tmp_path):
+    """A torn checkpoint (here: its manifest never written, as when a node dies mid-write)
+    goes even where it is newer than the kept ones: the run resumed past it."""
     for epoch in range(5):
         _checkpoint(tmp_path, epoch)
     bad = _checkpoint(tmp_path, 5)
     (bad / MANIFEST).unlink()
     deleted = prune(LOCAL, str(tmp_path), keep=2)
-    assert sorted(deleted) == [checkpoint_dir_name(e, "00aa") for e in (0, 1, 2)]
-    assert sorted(p.name for p in tmp_path.iterdir())[-1] == checkpoint_dir_name(5, "00aa")
+    assert [(d.name, d.reason) for d in deleted] == [
+        (
+            checkpoint_dir_name(5, "00aa"),
+            "does not verify: no manifest (incomplete or interrupted write)",
+        ),
+        *[(checkpoint_dir_name(e, "00aa"), "older than the 2 kept") for e in (2, 1, 0)],
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        checkpoint_dir_name(e, "00aa") for e in (3, 4)
+    ]
 
 
 def test_download_verifies_local_copy(tmp_path):

@@ -61,7 +61,7 @@ def test_prune_keeps_pinned_and_protected_checkpoints(tmp_path):
     served = tmp_path / checkpoint_dir_name(1, "00aa")
     pins.pin(LOCAL, str(served), "deployment-digits")
     deleted = prune(LOCAL, str(tmp_path), keep=2, protect=(checkpoint_dir_name(0, "00aa"),))
-    assert sorted(deleted) == [checkpoint_dir_name(e, "00aa") for e in (2, 3)]
+    assert sorted(d.name for d in deleted) == [checkpoint_dir_name(e, "00aa") for e in (2, 3)]
     assert pins.pinned(LOCAL, str(tmp_path)) == {served.name: "deployment-digits"}
 
 

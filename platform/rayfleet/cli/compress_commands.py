@@ -23,6 +23,7 @@ from rayfleet.cli.output import (
     handle_errors,
     print_json,
     progress_console,
+    stdout_for_json,
 )
 from rayfleet.compress import distill
 from rayfleet.compress.distill import check_distill_only
@@ -153,7 +154,7 @@ def _distill(run: str, storage, *, output: Output, temperature, alpha, **options
         f"{job.run_uri()}",
         highlight=False,
     )
-    with TrainProgress(job.epochs_planned(), progress) as view:
+    with stdout_for_json(output), TrainProgress(job.epochs_planned(), progress) as view:
         result = distill.run_distill(plan, on_event=view)
     attached = attach_to_source(storage.join("runs", run), plan.to, result)
     return replace(result, mlflow_attached=attached)

@@ -4,6 +4,7 @@ table style and live training progress; consoles and one-line errors come from
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sys
@@ -30,6 +31,7 @@ __all__ = [
     "print_table",
     "progress_console",
     "set_debug",
+    "stdout_for_json",
     "table",
 ]
 
@@ -53,6 +55,16 @@ OutputOption = typer.Option(
 def progress_console(output: Output) -> Console:
     """Where a command's progress goes: stdout for people, stderr when stdout is JSON."""
     return err_console if output is Output.json else console
+
+
+def stdout_for_json(output: Output) -> contextlib.AbstractContextManager[Any]:
+    """Around the work of a command that may print `-o json`: with json, whatever prints to
+    sys.stdout meanwhile goes to stderr instead, so stdout is the document alone. Ray prints
+    in the driver process (its raylet's worker-pool warnings reach sys.stdout, seen in CI
+    ahead of a sweep's JSON)."""
+    if output is Output.json:
+        return contextlib.redirect_stdout(sys.stderr)
+    return contextlib.nullcontext()
 
 
 def print_json(doc: Any) -> None:

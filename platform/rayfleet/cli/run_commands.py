@@ -17,6 +17,7 @@ from rayfleet.cli.output import (
     handle_errors,
     print_json,
     progress_console,
+    stdout_for_json,
 )
 from rayfleet.specs import load_spec
 from rayfleet.storage.filesystem import filesystem_for  # pyarrow: not for --help
@@ -61,7 +62,7 @@ def _run(job, spec: Path, *, verbose: bool, force: bool, output: Output) -> None
         f"{job.epochs_planned()} epochs -> {job.run_uri()}",
         highlight=False,
     )
-    with TrainProgress(job.epochs_planned(), progress) as view:
+    with stdout_for_json(output), TrainProgress(job.epochs_planned(), progress) as view:
         result = run_train_job(
             job,
             on_event=view,

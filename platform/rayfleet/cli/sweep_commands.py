@@ -6,8 +6,6 @@ so the common case reads like `rayfleet run`: `rayfleet sweep jobs/digits/sweep.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from rayfleet.cli.output import (
     print_json,
     print_table,
     progress_console,
+    stdout_for_json,
     table,
 )
 from rayfleet.errors import BadInputError
@@ -206,11 +205,7 @@ def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Outp
         f"-> {prep.uri}",
         highlight=False,
     )
-    # With -o json, stdout is the document alone: what Ray prints in the driver meanwhile
-    # (its raylet's warnings reach sys.stdout, seen in CI) goes to stderr.
-    json_mode = output is Output.json
-    quiet = contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext()
-    with quiet, _LiveTable(progress) as view:
+    with stdout_for_json(output), _LiveTable(progress) as view:
         result = run_sweep(
             prep,
             resume=resume,

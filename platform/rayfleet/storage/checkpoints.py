@@ -239,30 +239,36 @@ def stamp_persisted(fs: pafs.FileSystem, path: str, meta: dict[str, Any]) -> boo
 
 def prune(
     fs: pafs.FileSystem, run_path: str, keep: int, *, protect: tuple[str, ...] = ()
-) -> list[str]:
-    """Delete checkpoints older than the `keep` newest fully verified ones; returns what was
-    deleted.
+) -> list[Skipped]:
+    """Delete the checkpoints a finished run no longer needs; returns what was deleted and why.
 
-    Ray Train's `num_to_keep` only knows checkpoints it registered; this also clears the
-    orphans a worker killed mid-report leaves behind, and corrupt leftovers. Kept checkpoints
-    are verified with their hashes, not only sizes: a newer checkpoint corrupted without a
-    size change must not count as kept, or the only good one would be deleted. Nothing newer
-    than the oldest kept checkpoint is touched, and never a checkpoint that is pinned
-    (served by a deployment, see storage.pins) or named in `protect` (folder names, e.g. the
-    checkpoint the run reports as its result).
+    Called once a run has succeeded, when nothing writes to it any more. Kept: the `keep`
+    newest fully verified checkpoints, every checkpoint that is pinned (served by a
+    deployment, see storage.pins) or named in `protect` (folder names, e.g. the checkpoint
+    the run reports as its result). Deleted: older verified ones, and every checkpoint that
+    does not verify, wherever it sits: the torn folder a worker or node lost mid-write
+    leaves behind (the run resumed past it from an older one), and corrupt leftovers. Ray
+    Train's `num_to_keep` only knows checkpoints it registered, so these are ours to clear.
+    Kept checkpoints are verified with their hashes, not only sizes: a checkpoint corrupted
+    without a size change must not count as kept, or the only good one would be deleted.
     """
 
     held = set(pinned(fs, run_path)) | set(protect)
     kept, deleted = 0, []
     for _, path in list_checkpoints(fs, run_path):
         name = path.rsplit("/", 1)[-1]
-        if kept < keep:
-            kept += verify(fs, path).ok
+        if kept < keep:  # (past the kept ones every checkpoint goes: no need to hash them)
+            result = verify(fs, path)
+            kept += result.ok
+            if result.ok or name in held:
+                continue
+            reason = f"does not verify: {result.reason}"
+        elif name in held:
             continue
-        if name in held:
-            continue
+        else:
+            reason = f"older than the {keep} kept"
         fs.delete_dir(path)
-        deleted.append(name)
+        deleted.append(Skipped(name, reason))
     return deleted
 
 

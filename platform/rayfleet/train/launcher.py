@@ -478,8 +478,8 @@ def run_train_job(
             notify({"type": "log", "message": "no checkpoint reported: nothing to resume from"})
         else:
             keep = job.spec.checkpoint.keep
-            for name in prune(fs, run_uri.fs_path, keep, protect=(ref.name,)):
-                notify({"type": "log", "message": f"pruned {name} (older than the {keep} kept)"})
+            for pruned in prune(fs, run_uri.fs_path, keep, protect=(ref.name,)):
+                notify({"type": "log", "message": f"pruned {pruned.name} ({pruned.reason})"})
         result = RunResult(
             name=job.name,
             run_uri=str(run_uri),
