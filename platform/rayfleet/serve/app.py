@@ -45,7 +45,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayfleet.serve.auth import TOKEN_ENV, bearer_matches
-from rayfleet.serve.batching import AdaptiveBatcher
+from rayfleet.serve.batching import AdaptiveBatcher, Tensors, concat_rows, split_rows
 from rayfleet.serve.loading import LoadedModel
 from rayfleet.serve.metrics import HTTP, replica_metrics
 from rayfleet.serve.protocol import (
@@ -79,8 +79,10 @@ class InferenceService:
     With `max_batch_size > 1`, concurrent requests are grouped by an `AdaptiveBatcher` (see
     `batching`: a lone request is dispatched at once; under load, batches of up to that many
     requests, waiting at most `batch_wait_timeout_s` for one to fill) and run as one forward
-    pass; each request's rows are split back out. Requests are validated before they join a
-    batch, so a bad request never fails the requests batched with it.
+    pass (every input concatenated along N: a generator's latents and labels alike); each
+    request's rows of every output are split back out. Requests are validated (and their
+    optional inputs filled in) before they join a batch, so a bad request never fails the
+    requests batched with it.
     """
 
     def __init__(
@@ -107,23 +109,36 @@ class InferenceService:
     def name(self) -> str:
         return self.model.name
 
-    def _forward_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        self._note_batch(len(arrays))
-        if len(arrays) == 1:
-            return [self.model.predict(arrays[0])]
-        logits = self.model.predict(np.concatenate(arrays))
-        return np.split(logits, np.cumsum([len(a) for a in arrays])[:-1])
+    def _forward_batch(self, items: list[Tensors | np.ndarray]) -> list[Tensors | np.ndarray]:
+        """One forward for several requests: each input joined along N, each output split
+        back per request (`batching`). A bare array is a request's main input (a
+        classifier's only one) and gets its logits back."""
+        self._note_batch(len(items))
+        inputs = [self._inputs(x) for x in items]
+        if len(inputs) == 1:
+            outs = [self.model.run(inputs[0])]
+        else:
+            joined, sizes = concat_rows(inputs)
+            outs = split_rows(self.model.run(joined), sizes)
+        return [
+            out["logits"] if isinstance(x, np.ndarray) else out
+            for x, out in zip(items, outs, strict=True)
+        ]
+
+    def _inputs(self, x: Tensors | np.ndarray) -> Tensors:
+        return {self.model.signature.input_name: x} if isinstance(x, np.ndarray) else x
 
     def _note_batch(self, size: int) -> None:
         self.batches.append(size)
         if len(self.batches) > 4096:
             del self.batches[:2048]
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
+    async def infer(self, inputs: Tensors | np.ndarray) -> Tensors | np.ndarray:
+        """The model's outputs for one request's inputs (every input of the signature by
+        name, or a bare array: the main input, answered with its logits)."""
         if self._batcher is not None:
-            return await self._batcher.submit(x)
-        self._note_batch(1)
-        return self.model.predict(x)
+            return await self._batcher.submit(inputs)
+        return self._forward_batch([inputs])[0]
 
     def metadata(self) -> dict[str, Any]:
         meta = self.model.meta
@@ -267,17 +282,18 @@ def build_app(service: InferenceService, *, token: str | None = None) -> FastAPI
         except ProtocolError as exc:
             return error(exc.status, exc.message)
         del body, chunks
-        logits = await service.infer(req.array)
+        results = await service.infer(req.inputs)
         name, version = service.name, service.model.version
-        if large or logits.size > OFFLOAD_VALUES:  # many rows (binary input too): a big answer
-            return await asyncio.to_thread(_answer, name, version, req, logits)
-        return _answer(name, version, req, logits)
+        values = sum(a.size for a in results.values())
+        if large or values > OFFLOAD_VALUES:  # many rows (binary input too): a big answer
+            return await asyncio.to_thread(_answer, name, version, req, results)
+        return _answer(name, version, req, results)
 
     return app
 
 
-def _answer(name: str, version: str, req, logits: np.ndarray) -> Response:
-    body, json_length = encode_response_body(name, version, req, logits)
+def _answer(name: str, version: str, req, results: Tensors) -> Response:
+    body, json_length = encode_response_body(name, version, req, results)
     if json_length is None:
         return Response(body, media_type="application/json")
     headers = {HEADER_LENGTH: str(json_length)}

@@ -19,6 +19,10 @@ Trade-off: the first request after a burst may wait up to `wait_s` once; a reque
 arrives during a forward waits for that forward to finish (as with any batcher on one
 device). The thread hand-off costs a lone request tens of microseconds (README "Serving").
 Requests are validated before they join a batch, so a bad request never fails the others.
+
+The batcher does not look inside what it groups; `concat_rows` and `split_rows` are how a
+forward over several requests of a multi-input model joins each input along N and gives
+every request its own rows of each output back.
 """
 
 from __future__ import annotations
@@ -28,22 +32,46 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 LOAD_MEMORY_S = 1.0  # a batch > 1 finished this recently means requests are arriving together
 
-Forward = Callable[[list[np.ndarray]], list[np.ndarray]]
+# forward(one item per request) -> one result per request, in order. Items are whatever the
+# caller submits (arrays, or dicts of named arrays); the batcher only groups them.
+Forward = Callable[[list[Any]], list[Any]]
+Tensors = dict[str, np.ndarray]
+
+
+def concat_rows(items: list[Tensors]) -> tuple[Tensors, list[int]]:
+    """Several requests' inputs as one batch: each named input concatenated along N (the
+    first axis), in request order; and each request's row count, for `split_rows`. Every
+    item must have the same names (a request's optional inputs are filled in before)."""
+    names = list(items[0])
+    if any(list(item) != names for item in items[1:]):
+        raise ValueError(f"requests in one batch must have the same inputs {names}")
+    sizes = [len(next(iter(item.values()))) for item in items]
+    if len(items) == 1:
+        return dict(items[0]), sizes
+    return {name: np.concatenate([item[name] for item in items]) for name in names}, sizes
+
+
+def split_rows(results: Tensors, sizes: list[int]) -> list[Tensors]:
+    """A batch's outputs back per request: request i gets its `sizes[i]` rows of each."""
+    bounds = np.cumsum(sizes)[:-1]
+    parts = {name: np.split(array, bounds) for name, array in results.items()}
+    return [{name: parts[name][i] for name in results} for i in range(len(sizes))]
 
 
 class AdaptiveBatcher:
-    """Groups concurrent `submit` calls into `forward(list of arrays) -> list of arrays`."""
+    """Groups concurrent `submit` calls into `forward(list of items) -> list of results`."""
 
     def __init__(self, forward: Forward, *, max_batch_size: int, wait_s: float):
         self._forward = forward
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
-        self._queue: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._queue: list[tuple[Any, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
         self._full: asyncio.Event | None = None
         self._last_size = 0
@@ -51,7 +79,7 @@ class AdaptiveBatcher:
         # One thread: one forward at a time on the model (as a device would take them).
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rayfleet-forward")
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
+    async def submit(self, x: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((x, future))

@@ -11,6 +11,10 @@ Two steps, run in two places:
    so a checkpoint can carry tensors, never code. A checkpoint `rayfleet compress` wrote
    (int8 or fp16, meta "compression") gets the same transformation before its weights load.
 
+What a served model takes and gives comes from the manifest too (`signature_from_meta`): a
+classifier's one input and its class scores, or named inputs, some optional, and plain
+tensor outputs (digits-gan's generator: latents and labels in, images out).
+
 The loader opens only files the verified manifest lists. Verification checks the files the
 manifest names, so a file it does not name (a `state.pt` dropped into the folder after the
 manifest was written) would otherwise be loaded without anyone having hashed it.
@@ -31,6 +35,7 @@ import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +47,7 @@ from rayfleet.storage.pins import pin
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train.recipes import RECIPES, STATE_FILE
 from rayfleet.tune.documents import BestTrial
+from rayfleet.tune.results import required_best
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +68,11 @@ OIP_DATATYPES = {
     "int64": "INT64",
     "uint8": "UINT8",
 }
+NUMPY_DTYPES = {datatype: name for name, datatype in OIP_DATATYPES.items()}
+# How an absent optional input is filled in, per row of a request (the manifest's "default").
+DEFAULTS = {
+    "cycle": "row i of a request gets lo + i % (hi - lo + 1) from its range [lo, hi]",
+}
 
 
 class ModelLoadError(BadInputError):
@@ -69,17 +80,130 @@ class ModelLoadError(BadInputError):
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a signature: one example's shape (no batch dimension; () is one
+    value per row) and the numpy dtype the model takes or gives.
+
+    Inputs may accept `also` other dtypes (converted to `dtype`), be `optional` (filled in
+    by `default`, see DEFAULTS) and have a closed `bounds` [lo, hi] (integer inputs: whole
+    numbers in it; a request outside gets a 400). For outputs, `bounds` is the value range
+    the served tensor is in and `module_range`, when given, the range the model's module
+    emits, mapped linearly onto `bounds` before it is sent (a generator's tanh [-1, 1] to the
+    data's [0, 1] pixels)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    also: tuple[str, ...] = ()
+    optional: bool = False
+    default: str | None = None
+    bounds: tuple[float, float] | None = None
+    module_range: tuple[float, float] | None = None
+
+    @property
+    def datatype(self) -> str:
+        return OIP_DATATYPES[self.dtype]
+
+    @cached_property
+    def datatypes(self) -> tuple[str, ...]:
+        """The OIP datatypes a request may send it in (its own first)."""
+        return (self.datatype, *(OIP_DATATYPES[d] for d in self.also))
+
+    @property
+    def integer(self) -> bool:
+        return self.dtype.startswith(("int", "uint"))
+
+    def metadata(self) -> dict[str, Any]:
+        """The tensor as model metadata lists it: name, datatype, shape with -1 for N."""
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
+
+    def default_rows(self, rows: int) -> np.ndarray:
+        """What an absent optional input is, for a request of `rows` rows (see DEFAULTS)."""
+        import numpy as np
+
+        if self.default == "cycle" and self.bounds is not None:
+            lo, hi = int(self.bounds[0]), int(self.bounds[1])
+            values = lo + np.arange(rows) % (hi - lo + 1)
+            return np.broadcast_to(
+                values.reshape(rows, *([1] * len(self.shape))), (rows, *self.shape)
+            ).astype(self.dtype)
+        raise ValueError(f"input {self.name!r} has no default")
+
+    def describe(self) -> dict[str, Any]:
+        """What metadata's `parameters.signature` says of it beyond name, datatype and shape
+        (empty for a plain tensor)."""
+        about: dict[str, Any] = {}
+        if self.also:
+            about["datatypes"] = list(self.datatypes)
+        if self.optional:
+            about["optional"] = True
+        if self.bounds is not None:
+            about["range"] = [int(v) if self.integer else v for v in self.bounds]
+        if self.default == "cycle" and self.bounds is not None:
+            lo, hi = int(self.bounds[0]), int(self.bounds[1])
+            first = f"{lo} + " if lo else ""
+            about["default"] = f"when absent, row i of a request gets {first}i % {hi - lo + 1}"
+        return about
+
+
+CLASS_OUTPUTS = ("logits", "probabilities", "predicted_class")
+
+
+@dataclass(frozen=True)
 class Signature:
-    """What one example looks like (without the batch dimension), from the manifest."""
+    """What a served model takes and gives, one example at a time (no batch dimension).
+
+    The first input (`input_name`, `shape`, `dtype`) is the main one: always required, and
+    what evaluation and compression read a dataset's features as. `extra_inputs` follow it
+    (a generator's optional class label). `tensor_outputs` empty: a classifier, whose module
+    returns logits [N, num_classes] and which answers `logits`, `probabilities` and
+    `predicted_class` (CLASS_OUTPUTS); else the module returns those tensors, in order."""
 
     shape: tuple[int, ...]
     dtype: str  # numpy name, e.g. "float32"
     num_classes: int
     input_name: str = "input"
+    extra_inputs: tuple[TensorSpec, ...] = ()
+    tensor_outputs: tuple[TensorSpec, ...] = ()
 
     @property
     def datatype(self) -> str:
         return OIP_DATATYPES[self.dtype]
+
+    @property
+    def classifier(self) -> bool:
+        return not self.tensor_outputs
+
+    @cached_property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(self.input_name, self.shape, self.dtype), *self.extra_inputs)
+
+    @cached_property
+    def input_specs(self) -> dict[str, TensorSpec]:
+        """The inputs by name, in order."""
+        return {spec.name: spec for spec in self.inputs}
+
+    @cached_property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        if not self.classifier:
+            return self.tensor_outputs
+        classes = (self.num_classes,)
+        return (
+            TensorSpec("logits", classes, "float32"),
+            TensorSpec("probabilities", classes, "float32"),
+            TensorSpec("predicted_class", (), "int64"),
+        )
+
+    @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+    def describe(self) -> dict[str, Any]:
+        """Model metadata's `parameters.signature`: what name, datatype and shape do not say
+        (optional inputs and their defaults, other datatypes, value ranges); {} for a
+        classifier, whose metadata is all in its tensors."""
+        tensors = {t.name: t.describe() for t in (*self.inputs, *self.tensor_outputs)}
+        return {name: about for name, about in tensors.items() if about}
 
 
 @dataclass(frozen=True)
@@ -105,7 +229,11 @@ class ResolvedSource:
 
 
 def signature_from_meta(meta: dict[str, Any], where: str) -> Signature:
-    """The input signature a checkpoint's manifest records; ModelLoadError if it can't serve."""
+    """The signature a checkpoint's manifest records; ModelLoadError if it can't serve.
+
+    A classifier's manifest has `input` (one example's shape and dtype) and `num_classes`; a
+    model with other inputs or plain tensor outputs (digits-gan's generator) records its
+    whole signature in `signature` (see `_declared_signature`)."""
     recipe = meta.get("recipe")
     if recipe not in MODEL_BUILDERS:
         known = ", ".join(sorted(MODEL_BUILDERS))
@@ -113,6 +241,14 @@ def signature_from_meta(meta: dict[str, Any], where: str) -> Signature:
         raise ModelLoadError(
             f"checkpoint {where}: its manifest names {what}; serving rebuilds models of the "
             f"built-in recipes only ({known})"
+        )
+    if meta.get("signature") is not None:
+        return _declared_signature(meta, where)
+    if meta.get("output") is not None:  # a generator's checkpoint from before signatures
+        raise ModelLoadError(
+            f"checkpoint {where}: its manifest describes an output tensor but records no "
+            "serving signature (meta.signature; written since rayfleet serves generators); "
+            "retrain it with this version of rayfleet"
         )
     config = meta.get("model_config") or {}
     spec = meta.get("input")
@@ -132,6 +268,110 @@ def signature_from_meta(meta: dict[str, Any], where: str) -> Signature:
             f"checkpoint {where}: input signature {spec} / {classes} classes is not servable"
         )
     return Signature(shape=shape, dtype=dtype, num_classes=classes)
+
+
+_TENSOR_KEYS = {"name", "shape", "dtype", "also", "optional", "default", "range", "module_range"}
+
+
+def _declared_signature(meta: dict[str, Any], where: str) -> Signature:
+    """meta.signature: {"inputs": [TENSOR, ...], "outputs": [TENSOR, ...]}, each TENSOR
+    {"name", "shape" (one example's; [] for one value per row), "dtype" (numpy name)} plus,
+    for inputs, "also" (other dtypes accepted), "optional" with a "default" (DEFAULTS) and
+    "range" [lo, hi]; for outputs "range" and "module_range" (see TensorSpec). The first
+    input is required and takes one dtype."""
+    doc = meta["signature"]
+
+    def bad(message: str) -> ModelLoadError:
+        return ModelLoadError(f"checkpoint {where}: meta.signature {message}; it is not servable")
+
+    if not isinstance(doc, dict) or set(doc) != {"inputs", "outputs"}:
+        raise bad("must be an object with exactly inputs and outputs")
+    specs: dict[str, list[TensorSpec]] = {}
+    for role in ("inputs", "outputs"):
+        tensors = doc[role]
+        if not isinstance(tensors, list) or not tensors:
+            raise bad(f"{role} must be a non-empty list of tensors")
+        specs[role] = [_tensor_spec(t, role, bad) for t in tensors]
+        names = [t.name for t in specs[role]]
+        if len(set(names)) != len(names):
+            raise bad(f"{role} repeat a name: {names}")
+    first, *extra = specs["inputs"]
+    if first.optional or first.also:
+        raise bad(f"input {first.name!r} (the first) must be required and take one dtype")
+    try:
+        classes = int(meta.get("num_classes") or 0)
+    except (TypeError, ValueError):
+        raise bad("comes with a num_classes that is not a number") from None
+    return Signature(
+        shape=first.shape,
+        dtype=first.dtype,
+        num_classes=classes,
+        input_name=first.name,
+        extra_inputs=tuple(extra),
+        tensor_outputs=tuple(specs["outputs"]),
+    )
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and value[0] <= value[1]
+    ):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _tensor_spec(doc: Any, role: str, bad) -> TensorSpec:
+    """One tensor of meta.signature, checked (`bad(message)` makes the error)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
+        raise bad(f"{role}: each tensor must be an object with a name")
+    name = doc["name"]
+    what = f"{role[:-1]} {name!r}"
+    unknown = set(doc) - _TENSOR_KEYS
+    allowed = {"inputs": {"also", "optional", "default"}, "outputs": {"module_range"}}
+    misplaced = {"also", "optional", "default", "module_range"} - allowed[role]
+    if unknown or misplaced & set(doc):
+        raise bad(f"{what}: unknown key(s) {sorted(unknown | (misplaced & set(doc)))}")
+    shape, dtype, also = doc.get("shape"), doc.get("dtype"), doc.get("also", [])
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+    ):
+        raise bad(f"{what}: shape {shape!r} must be a list of positive integers")
+    if not isinstance(also, list) or not all(
+        isinstance(a, str) and a in OIP_DATATYPES for a in [dtype, *also]
+    ):
+        raise bad(f"{what}: dtype {dtype!r} / also {also!r} must be among {sorted(OIP_DATATYPES)}")
+    bounds = None
+    if doc.get("range") is not None and (bounds := _pair(doc["range"])) is None:
+        raise bad(f"{what}: range {doc['range']!r} must be [low, high]")
+    module_range = None
+    if doc.get("module_range") is not None:
+        if (module_range := _pair(doc["module_range"])) is None or bounds is None:
+            raise bad(f"{what}: module_range must be [low, high], next to a range")
+        if module_range[0] == module_range[1]:
+            raise bad(f"{what}: module_range must not be a single value")
+    optional, default = doc.get("optional", False), doc.get("default")
+    if not isinstance(optional, bool) or optional != (default is not None):
+        raise bad(f"{what}: an optional input needs a default, and only it has one")
+    if default is not None and (
+        default not in DEFAULTS or not dtype.startswith(("int", "uint")) or bounds is None
+    ):
+        raise bad(
+            f"{what}: default {default!r} must be one of {sorted(DEFAULTS)}, for an integer "
+            "input with a range"
+        )
+    return TensorSpec(
+        name=name,
+        shape=tuple(shape),
+        dtype=dtype,
+        also=tuple(also),
+        optional=optional,
+        default=default,
+        bounds=bounds,
+        module_range=module_range,
+    )
 
 
 def require_listed(manifest: dict[str, Any], name: str, where: str) -> None:
@@ -167,7 +407,6 @@ def _verified(uri: StorageURI, what: str) -> dict[str, Any]:
 
 def read_best(storage: StorageURI, sweep: str) -> BestTrial:
     """`<storage>/sweeps/NAME/best.json`: the sweep's best trial and its checkpoint URI."""
-    from rayfleet.tune.results import required_best
 
     return required_best(
         storage.join("sweeps", sweep),
@@ -244,13 +483,43 @@ class LoadedModel:
         self.device = device
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Logits (float32, shape [N, classes]) for a batch shaped [N, *signature.shape]."""
+        """A classifier's logits (float32, [N, classes]) for a batch [N, *signature.shape]."""
         import numpy as np
         import torch
 
         with torch.inference_mode():
             out = self.module(torch.from_numpy(x).to(self.device))
         return np.ascontiguousarray(out.float().cpu().numpy())
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One forward over a batch: every input of the signature by name, [N, *its shape]
+        (optional ones filled in already, see `protocol`) -> the module's outputs by name:
+        a classifier's {"logits"}, or each tensor output, [N, *its shape] in its dtype and,
+        where the signature says so, rescaled from the module's range to the served one."""
+        import numpy as np
+        import torch
+
+        sig = self.signature
+        if sig.classifier:
+            return {"logits": self.predict(inputs[sig.input_name])}
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in sig.inputs]
+        with torch.inference_mode():
+            out = self.module(*(t.to(self.device) for t in tensors))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if len(outs) != len(sig.tensor_outputs):
+            raise RuntimeError(
+                f"{self.name}: the module returned {len(outs)} tensor(s) for the signature's "
+                f"{len(sig.tensor_outputs)} outputs"
+            )
+        result = {}
+        for spec, tensor in zip(sig.tensor_outputs, outs, strict=True):
+            array = tensor.detach().cpu().numpy().astype(spec.dtype, copy=False)
+            if spec.module_range is not None and spec.bounds is not None:
+                (m0, m1), (b0, b1) = spec.module_range, spec.bounds
+                array = (array - m0) * ((b1 - b0) / (m1 - m0)) + b0  # stays in spec.dtype
+            rows = len(inputs[sig.input_name])
+            result[spec.name] = np.ascontiguousarray(array.reshape(rows, *spec.shape))
+        return result
 
 
 def _load_reason(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe v2 / Triton REST) JSON format, for one classifier.
+"""The Open Inference Protocol (KServe v2 / Triton REST) JSON format, for one model.
 
 Request:  {"id"?, "parameters"?, "inputs": [{"name", "shape", "datatype", "data"}], "outputs"?}
 Response: {"model_name", "model_version", "id"?, "outputs": [{"name", "shape", "datatype",
@@ -15,8 +15,11 @@ comes back the same way: the response's JSON header (its length in the response 
 no `data`, and the bytes follow. Binary inputs skip JSON number parsing entirely.
 
 Tensor data is row-major and may be flat or nested. The batch dimension comes first: a model
-whose examples are [1, 8, 8] takes [N, 1, 8, 8]. Outputs: `logits` and `probabilities`
-(FP32, [N, classes]) and `predicted_class` (INT64, [N]); a request may ask for a subset.
+whose examples are [1, 8, 8] takes [N, 1, 8, 8]. A model may take several named inputs (the
+signature's; optional ones, absent from a request, are filled in per row as the signature
+says), all with the same N. A classifier answers `logits` and `probabilities` (FP32,
+[N, classes]) and `predicted_class` (INT64, [N]); a model with tensor outputs (digits-gan's
+generator: `image`, FP32 [N, 1, 8, 8]) answers those. A request may ask for a subset.
 
 Everything here is pure (numpy only), so each rule is unit-tested without a server, and
 every way a request can be wrong maps to a ProtocolError with its HTTP status.
@@ -24,6 +27,7 @@ every way a request can be wrong maps to a ProtocolError with its HTTP status.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -31,9 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from rayfleet.serve.loading import Signature
+from rayfleet.serve.loading import (
+    CLASS_OUTPUTS,
+    NUMPY_DTYPES,
+    OIP_DATATYPES,
+    Signature,
+    TensorSpec,
+)
 
-OUTPUTS = ("logits", "probabilities", "predicted_class")
+OUTPUTS = CLASS_OUTPUTS  # a classifier's
 KNOWN_DATATYPES = {
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BYTES", "BF16",
@@ -42,7 +52,6 @@ _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 _INPUT_KEYS = {"name", "shape", "datatype", "data", "parameters"}
 BINARY_EXTENSION = "binary_tensor_data"
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_OUTPUT_DTYPES = {"FP32": "<f4", "INT64": "<i8"}
 MAX_DIM = 1 << 24
 
 
@@ -58,9 +67,14 @@ class ProtocolError(Exception):
 @dataclass
 class InferRequest:
     id: str | None
-    array: np.ndarray  # [N, *signature.shape], the signature's dtype
+    inputs: dict[str, np.ndarray]  # every input of the signature, [N, *its shape], its dtype
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str] = frozenset()  # answered as raw bytes (binary extension)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The first (main) input: a classifier's only one."""
+        return next(iter(self.inputs.values()))
 
 
 def _bad(message: str) -> ProtocolError:
@@ -125,20 +139,47 @@ def parse_infer_request(
     all_binary = parameters.get("binary_data_output", False)
     if not isinstance(all_binary, bool):
         raise _bad("parameters.binary_data_output must be true or false")
-    inputs = doc.get("inputs")
+    binary = None if json_length is None else view[json_length:]
+    arrays = _parse_inputs(doc.get("inputs"), sig, binary)
+    outputs, binary_outputs = _parse_outputs(doc.get("outputs"), all_binary, sig.output_names)
+    return InferRequest(request_id, arrays, outputs, binary_outputs)
+
+
+def _parse_inputs(inputs: Any, sig: Signature, binary: memoryview | None) -> dict[str, np.ndarray]:
+    """Every input of the signature, in its order: those sent (checked), the optional ones
+    not sent filled in; binary inputs take their bytes after the header in the order sent."""
     if not isinstance(inputs, list) or not inputs:
         raise _bad('"inputs" must be a non-empty list of tensors')
-    if len(inputs) != 1:
-        raise _bad(f"model takes 1 input ({sig.input_name!r}); got {len(inputs)}")
-    binary = None if json_length is None else view[json_length:]
-    array, used = _parse_input(inputs[0], sig, binary)
+    specs = sig.input_specs
+    names = list(specs)
+    listed = names[0] if len(names) == 1 else names
+    if len(inputs) > len(specs):
+        raise _bad(f"model takes {len(specs)} input(s) ({listed!r}); got {len(inputs)}")
+    arrays: dict[str, np.ndarray] = {}
+    used = 0
+    for tensor in inputs:
+        rest = None if binary is None else binary[used:]
+        name, array, size = _parse_input(tensor, specs, listed, rest)
+        if name in arrays:
+            raise _bad(f"input {name!r} is sent twice; send each input once")
+        arrays[name] = array
+        used += size
     if binary is not None and used != len(binary):
         raise _bad(
             f"the body has {len(binary)} bytes after the JSON header but the inputs' "
             f"binary_data_size add up to {used}"
         )
-    outputs, binary_outputs = _parse_outputs(doc.get("outputs"), all_binary)
-    return InferRequest(request_id, array, outputs, binary_outputs)
+    missing = [n for n, spec in specs.items() if n not in arrays and not spec.optional]
+    if missing:
+        raise _bad(f"input(s) {missing} missing; the model takes {names}")
+    rows = {n: len(a) for n, a in arrays.items()}
+    if len(set(rows.values())) > 1:
+        raise _bad(f"inputs have different batch sizes {rows}; every input needs the same N")
+    n = next(iter(rows.values()))
+    return {
+        name: arrays[name] if name in arrays else spec.default_rows(n)
+        for name, spec in specs.items()
+    }
 
 
 def _binary_size(tensor: dict, name: Any) -> int | None:
@@ -154,8 +195,11 @@ def _binary_size(tensor: dict, name: Any) -> int | None:
     return size
 
 
-def _parse_input(tensor: Any, sig: Signature, binary: memoryview | None) -> tuple[np.ndarray, int]:
-    """(the input as an array, how many bytes of `binary` it took)."""
+def _parse_input(
+    tensor: Any, specs: dict[str, TensorSpec], listed: Any, binary: memoryview | None
+) -> tuple[str, np.ndarray, int]:
+    """(its name, the input as an array in the spec's dtype, how many bytes of `binary` it
+    took)."""
     if not isinstance(tensor, dict):
         raise _bad("each input must be an object with name, shape, datatype and data")
     unknown = set(tensor) - _INPUT_KEYS
@@ -167,40 +211,51 @@ def _parse_input(tensor: Any, sig: Signature, binary: memoryview | None) -> tupl
     if missing:
         raise _bad(f"input is missing {', '.join(missing)}")
     name, shape, datatype = (tensor[k] for k in ("name", "shape", "datatype"))
-    if name != sig.input_name:
-        raise _bad(f"unknown input {name!r}; the model's input is {sig.input_name!r}")
+    spec = specs.get(name) if isinstance(name, str) else None
+    if spec is None:
+        what = "input is" if isinstance(listed, str) else "inputs are"
+        raise _bad(f"unknown input {name!r}; the model's {what} {listed!r}")
     if not isinstance(datatype, str) or datatype not in KNOWN_DATATYPES:
         raise _bad(f"datatype {datatype!r} is not an Open Inference Protocol datatype")
-    if datatype != sig.datatype:
-        raise _bad(f"input {name!r} has datatype {datatype}; the model takes {sig.datatype}")
-    expected = [-1, *sig.shape]
+    if datatype not in spec.datatypes:
+        takes = " or ".join(spec.datatypes)
+        raise _bad(f"input {name!r} has datatype {datatype}; the model takes {takes}")
+    expected = [-1, *spec.shape]
     if (
         not isinstance(shape, list)
         or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
         or any(d < 0 or d > MAX_DIM for d in shape)
     ):
         raise _bad(f"shape must be a list of non-negative integers like {expected}")
-    if len(shape) != len(expected) or tuple(shape[1:]) != sig.shape or shape[0] < 1:
+    if len(shape) != len(expected) or tuple(shape[1:]) != spec.shape or shape[0] < 1:
         raise _bad(f"input {name!r} has shape {shape}; the model takes {expected} (N >= 1)")
     if size is not None:
-        return _binary_input(name, shape, size, sig, binary), size
-    return _json_input(name, shape, tensor["data"], sig), 0
+        array = _binary_input(name, shape, size, datatype, spec, binary)
+    else:
+        array, size = _json_input(name, shape, tensor["data"], spec), 0
+    return name, array, size
 
 
 def _binary_input(
-    name: str, shape: list[int], size: int, sig: Signature, binary: memoryview | None
+    name: str,
+    shape: list[int],
+    size: int,
+    datatype: str,
+    spec: TensorSpec,
+    binary: memoryview | None,
 ) -> np.ndarray:
-    """An input sent as raw bytes: exactly shape x itemsize little-endian values."""
+    """An input sent as raw bytes: exactly shape x itemsize little-endian `datatype` values,
+    converted to the spec's dtype."""
     if binary is None:
         raise _bad(
             f"input {name!r} has parameters.binary_data_size but the request has no "
             f"{HEADER_LENGTH} header; send it with the JSON header's length"
         )
-    dtype = np.dtype(sig.dtype).newbyteorder("<")
+    dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
     need = math.prod(shape) * dtype.itemsize
     if size != need:
         raise _bad(
-            f"input {name!r}: binary_data_size is {size} but shape {shape} of {sig.datatype} "
+            f"input {name!r}: binary_data_size is {size} but shape {shape} of {datatype} "
             f"needs {need} bytes"
         )
     if size > len(binary):
@@ -208,13 +263,15 @@ def _binary_input(
             f"input {name!r}: binary_data_size is {size} but only {len(binary)} bytes follow "
             "the JSON header"
         )
-    array = np.frombuffer(binary[:size], dtype=dtype).astype(sig.dtype).reshape(shape)
+    # An aligned native copy first (the bytes sit wherever the JSON header ended).
+    array = np.frombuffer(binary[:size], dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape)
     if not np.isfinite(array).all():
         raise _bad(f"input {name!r} has NaN or infinite values")
-    return array
+    _check_bounds(name, array, spec)
+    return array.astype(spec.dtype, copy=False)
 
 
-def _json_input(name: str, shape: list[int], data: Any, sig: Signature) -> np.ndarray:
+def _json_input(name: str, shape: list[int], data: Any, spec: TensorSpec) -> np.ndarray:
     if not isinstance(data, list):
         raise _bad("data must be a JSON array of numbers (flat or nested)")
     flat = _flatten(data, len(shape))
@@ -222,32 +279,52 @@ def _json_input(name: str, shape: list[int], data: Any, sig: Signature) -> np.nd
     if len(flat) != count:
         raise _bad(f"input {name!r} has {len(flat)} values; shape {shape} needs {count}")
     if not set(map(type, flat)) <= {int, float}:  # no bools, strings, nulls or objects
-        raise _bad(f"input {name!r} data must be numbers only ({sig.datatype})")
+        raise _bad(f"input {name!r} data must be numbers only ({spec.datatype})")
     try:
         array = np.asarray(flat, dtype=np.float64)
     except OverflowError:
         raise _bad(f"input {name!r} has a number out of range") from None
     if not np.isfinite(array).all():
         raise _bad(f"input {name!r} has NaN or infinite values")
+    _check_bounds(name, array, spec)
     with np.errstate(over="ignore"):
-        array = array.astype(sig.dtype).reshape(shape)
+        array = array.astype(spec.dtype).reshape(shape)
     if not np.isfinite(array).all():
-        raise _bad(f"input {name!r} has values out of {sig.datatype} range")
+        raise _bad(f"input {name!r} has values out of {spec.datatype} range")
     return array
 
 
-def _parse_outputs(outputs: Any, all_binary: bool) -> tuple[tuple[str, ...], frozenset[str]]:
-    """(output names, those to answer in binary)."""
+def _check_bounds(name: str, array: np.ndarray, spec: TensorSpec) -> None:
+    """An input with a range takes values in it only (whole numbers, if it is integer)."""
+    if spec.bounds is None:
+        return
+    lo, hi = spec.bounds
+    outside = (array < lo) | (array > hi)
+    if spec.integer:
+        outside |= array != np.floor(array)
+    if outside.any():
+        bad = array.reshape(-1)[outside.reshape(-1)][0].item()
+        if spec.integer and float(bad).is_integer():
+            bad = int(bad)
+        kind = "whole numbers " if spec.integer else ""
+        low, high = (int(lo), int(hi)) if spec.integer else (lo, hi)
+        raise _bad(f"input {name!r} has value {bad!r}; it takes {kind}from {low} to {high}")
+
+
+def _parse_outputs(
+    outputs: Any, all_binary: bool, known: tuple[str, ...] = OUTPUTS
+) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(output names, those to answer in binary); `known`: the model's outputs."""
     if outputs is None:
-        return OUTPUTS, frozenset(OUTPUTS if all_binary else ())
+        return known, frozenset(known if all_binary else ())
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise _bad('"outputs" must be a list of objects with a "name"')
     names = tuple(o["name"] for o in outputs)
-    unknown = [n for n in names if n not in OUTPUTS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise _bad(f"unknown output(s) {unknown}; the model has {list(OUTPUTS)}")
+        raise _bad(f"unknown output(s) {unknown}; the model has {list(known)}")
     binary = set(names) if all_binary else set()
     for o in outputs:
         params = o.get("parameters", {})
@@ -267,7 +344,7 @@ def _parse_outputs(outputs: Any, all_binary: bool) -> tuple[tuple[str, ...], fro
         else:
             binary.discard(o["name"])
     if not names:
-        return OUTPUTS, frozenset(OUTPUTS if all_binary else ())
+        return known, frozenset(known if all_binary else ())
     return names, frozenset(binary)
 
 
@@ -277,30 +354,44 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _output_tensors(logits: np.ndarray) -> dict[str, Any]:
-    """name -> () -> (datatype, shape, array): computed only when asked for."""
-    n, classes = logits.shape
-    return {
-        "logits": lambda: ("FP32", [n, classes], logits),
-        "probabilities": lambda: ("FP32", [n, classes], softmax(logits)),
-        "predicted_class": lambda: ("INT64", [n], logits.argmax(axis=1)),
+Results = dict[str, np.ndarray]
+"""A forward's outputs by name, each [N, ...]: a classifier's {"logits"}, or a model's tensors."""
+
+
+def _output_tensors(results: Results | np.ndarray) -> dict[str, Any]:
+    """name -> () -> (datatype, shape, array): computed only when asked for. A bare array is a
+    classifier's logits; from logits come `probabilities` and `predicted_class` too."""
+    if isinstance(results, np.ndarray):
+        results = {"logits": results}
+    tensors: dict[str, Any] = {
+        name: functools.partial(_tensor, array) for name, array in results.items()
     }
+    logits = results.get("logits")
+    if logits is not None and logits.ndim == 2:
+        n, classes = logits.shape
+        tensors["probabilities"] = lambda: ("FP32", [n, classes], softmax(logits))
+        tensors["predicted_class"] = lambda: ("INT64", [n], logits.argmax(axis=1))
+    return tensors
+
+
+def _tensor(array: np.ndarray) -> tuple[str, list[int], np.ndarray]:
+    return OIP_DATATYPES[array.dtype.name], list(array.shape), array
 
 
 def encode_response(
-    model_name: str, version: str, request: InferRequest, logits: np.ndarray
+    model_name: str, version: str, request: InferRequest, results: Results | np.ndarray
 ) -> dict[str, Any]:
     """The infer response (all JSON): the requested outputs, each flattened row-major."""
-    doc, _ = _response(model_name, version, request, logits, binary=frozenset())
+    doc, _ = _response(model_name, version, request, results, binary=frozenset())
     return doc
 
 
 def encode_response_body(
-    model_name: str, version: str, request: InferRequest, logits: np.ndarray
+    model_name: str, version: str, request: InferRequest, results: Results | np.ndarray
 ) -> tuple[bytes, int | None]:
     """(response body, JSON header length or None). With binary outputs the body is the JSON
     header then each binary output's bytes (the length goes in `HEADER_LENGTH`)."""
-    doc, chunks = _response(model_name, version, request, logits, binary=request.binary_outputs)
+    doc, chunks = _response(model_name, version, request, results, binary=request.binary_outputs)
     header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return header, None
@@ -308,21 +399,22 @@ def encode_response_body(
 
 
 def encode_raw_response(
-    model_name: str, version: str, request: InferRequest, logits: np.ndarray
+    model_name: str, version: str, request: InferRequest, results: Results | np.ndarray
 ) -> tuple[dict[str, Any], list[bytes]]:
     """(response header, each requested output's little-endian bytes in order): the gRPC
     API's answer, which carries every output in raw_output_contents."""
-    return _response(model_name, version, request, logits, binary=frozenset(request.outputs))
+    return _response(model_name, version, request, results, binary=frozenset(request.outputs))
 
 
-def _response(model_name, version, request, logits, *, binary) -> tuple[dict, list[bytes]]:
-    tensors = _output_tensors(logits)
+def _response(model_name, version, request, results, *, binary) -> tuple[dict, list[bytes]]:
+    tensors = _output_tensors(results)
     outputs, chunks = [], []
     for name in request.outputs:
         datatype, shape, array = tensors[name]()
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if name in binary:
-            raw = np.ascontiguousarray(array, dtype=_OUTPUT_DTYPES[datatype]).tobytes()
+            little = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
+            raw = np.ascontiguousarray(array, dtype=little).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -335,18 +427,19 @@ def _response(model_name, version, request, logits, *, binary) -> tuple[dict, li
 
 
 def model_metadata(model_name: str, version: str, sig: Signature, extra: dict) -> dict[str, Any]:
-    """GET /v2/models/NAME: name, versions, platform, input and output tensors."""
+    """GET /v2/models/NAME: name, versions, platform, input and output tensors. What their
+    name, datatype and shape do not say (an optional input, its default, its range, other
+    datatypes it takes, an output's value range) is in `parameters.signature`."""
+    parameters = dict(extra)
+    if about := sig.describe():
+        parameters["signature"] = about
     return {
         "name": model_name,
         "versions": [version],
         "platform": "pytorch",
-        "inputs": [{"name": sig.input_name, "datatype": sig.datatype, "shape": [-1, *sig.shape]}],
-        "outputs": [
-            {"name": "logits", "datatype": "FP32", "shape": [-1, sig.num_classes]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, sig.num_classes]},
-            {"name": "predicted_class", "datatype": "INT64", "shape": [-1]},
-        ],
-        "parameters": extra,
+        "inputs": [t.metadata() for t in sig.inputs],
+        "outputs": [t.metadata() for t in sig.outputs],
+        "parameters": parameters,
     }
 
 

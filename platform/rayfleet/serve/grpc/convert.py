@@ -13,6 +13,9 @@ gRPC-only is checked here first:
 - tensor and output parameters are refused (shared memory and classification are not
   served); request-level parameters are ignored, as REST ignores those it does not know.
 
+A model with several inputs (digits-gan: `latent` and the optional `label`) takes them the
+same way, one raw_input_contents entry (or one typed contents) per input sent, in order.
+
 Outputs always go back in `raw_output_contents`, as Triton answers, with their datatype and
 shape in `outputs`.
 
@@ -33,6 +36,7 @@ from rayfleet.serve.loading import Signature
 from rayfleet.serve.protocol import (
     InferRequest,
     ProtocolError,
+    Results,
     encode_raw_response,
     parse_infer_request,
 )
@@ -167,10 +171,11 @@ def _typed_bytes(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
 
 
 def model_infer_response(
-    model_name: str, version: str, request: InferRequest, logits: np.ndarray
+    model_name: str, version: str, request: InferRequest, results: Results | np.ndarray
 ) -> pb.ModelInferResponse:
-    """The requested outputs, each in raw_output_contents (little-endian, row-major)."""
-    doc, chunks = encode_raw_response(model_name, version, request, logits)
+    """The requested outputs, each in raw_output_contents (little-endian, row-major).
+    `results`: the forward's outputs by name (a bare array: a classifier's logits)."""
+    doc, chunks = encode_raw_response(model_name, version, request, results)
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=version, id=request.id or ""
     )

@@ -94,11 +94,11 @@ class GrpcInference:
                 req = await asyncio.to_thread(parse_model_infer, request, sig)
             else:
                 req = parse_model_infer(request, sig)
-            logits = await self.service.infer(req.array)
+            results = await self.service.infer(req.inputs)
             name, version = self.service.name, self.service.model.version
             if size > OFFLOAD_BYTES:
-                return await asyncio.to_thread(model_infer_response, name, version, req, logits)
-            return model_infer_response(name, version, req, logits)
+                return await asyncio.to_thread(model_infer_response, name, version, req, results)
+            return model_infer_response(name, version, req, results)
 
         if self._metrics is None:
             return await self._guarded(context, pb.ModelInferResponse, answer)
