@@ -30,18 +30,20 @@ from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from rayfleet import usage
 from rayfleet.errors import BadInputError, JobNotFoundError, StorageError
+from rayfleet.lazy import lazy
 from rayfleet.specs import SweepJob, TrainJob
 from rayfleet.specs.base import dataset_location
 from rayfleet.storage import documents
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.usage import RunUsage, SweepUsage
+
+pafs = lazy("pyarrow.fs")
 
 log = logging.getLogger(__name__)
 RECORD = "record.json"
@@ -115,7 +117,8 @@ class RunRecord(_Doc):
     cluster: str | None = None
     retries: int | None = None
     log_tail: list[str] = []
-    # Requested resources x time (and cost, with a price table): rayfleet.usage.
+    # Requested resources x time, the workers' busy time, the nodes' accelerator and market
+    # (and cost, with a price table): rayfleet.usage.
     usage: RunUsage | SweepUsage | None = None
 
 
@@ -179,11 +182,22 @@ def update(
     return documents.update(uri, checked_change)
 
 
-def write(fs: pafs.FileSystem, run_uri: StorageURI, job, *, status: str, **fields: Any) -> dict:
-    """The driver's write: status plus `fields`; `started` and `launches` count launches."""
+def write(
+    fs: pafs.FileSystem,
+    run_uri: StorageURI,
+    job,
+    *,
+    status: str,
+    busy: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> dict:
+    """The driver's write: status plus `fields`; `started` and `launches` count launches.
+    `busy`: the workers' latest busy reports of this launch (usage.BusyTally)."""
 
     def change(doc: dict[str, Any]) -> None:
         stamp = now()
+        if busy:
+            _note_busy(doc, busy, job.name)
         if status == "RUNNING":
             # A relaunch of the same name resumes the run; it is not a new run.
             doc["launches"] = doc.get("launches", 0) + 1
@@ -218,16 +232,20 @@ def add_epoch(
     epoch: int,
     metrics: dict[str, Any],
     workers: int | None = None,
+    busy: list[dict[str, Any]] | None = None,
 ) -> dict:
     """Note a finished epoch (and which launch trained it, on how many workers when known):
     the record shows every epoch trained, so an epoch trained twice after a resume is
-    visible, not hidden."""
+    visible, not hidden. `busy`: the workers' latest busy reports so far (kept with it, so a
+    killed driver's record has them up to its last epoch)."""
 
     def change(doc: dict[str, Any]) -> None:
         entry = {"epoch": epoch, "launch": doc.get("launches", 1), "at": now(), "metrics": metrics}
         if workers:
             entry["workers"] = workers
         doc.setdefault("epochs", []).append(entry)
+        if busy:
+            _note_busy(doc, busy, doc.get("name") or run_uri.fs_path.rsplit("/", 1)[-1])
         doc["updated"] = now()
 
     return update(fs, run_uri, change)
@@ -243,14 +261,43 @@ def _launches(doc: dict[str, Any]) -> list[usage.LaunchUsage]:
     return [usage.LaunchUsage.model_validate(item) for item in stored.get("launches", [])]
 
 
-def _store_usage(doc: dict[str, Any], launches: list[usage.LaunchUsage], name: str) -> None:
-    epochs = doc.get("epochs", [])
+def _busy(doc: dict[str, Any]) -> list[usage.WorkerBusy]:
+    stored = doc.get("usage") or {}
+    return [usage.WorkerBusy.model_validate(item) for item in stored.get("busy", [])]
+
+
+def _store_usage(
+    doc: dict[str, Any],
+    launches: list[usage.LaunchUsage],
+    name: str,
+    busy: list[usage.WorkerBusy] | None = None,
+) -> None:
+    epochs, busy = doc.get("epochs", []), _busy(doc) if busy is None else busy
+    prices = usage.active_prices()
     try:
-        found = usage.run_usage(launches, epochs, usage.active_prices(), f"run {name}")
+        found = usage.run_usage(launches, epochs, prices, f"run {name}", busy=busy)
     except BadInputError as exc:  # checked before the run started; never fail a run on it
+        # (a node-said accelerator or spot market the table lacks is only seen now)
         log.warning("usage recorded without cost: %s", exc)
-        found = usage.run_usage(launches, epochs, None, f"run {name}")
+        found = usage.run_usage(launches, epochs, None, f"run {name}", busy=busy)
     doc["usage"] = found.model_dump(mode="json", by_alias=True)
+
+
+def _note_busy(doc: dict[str, Any], reports: list[dict[str, Any]], name: str) -> None:
+    """Fold the workers' busy reports into the current launch's (usage.merge_busy)."""
+    busy = usage.merge_busy(_busy(doc), reports, doc.get("launches", 1))
+    _store_usage(doc, _launches(doc), name, busy)
+
+
+def note_busy(fs: pafs.FileSystem, run_uri: StorageURI, reports: list[dict[str, Any]]) -> dict:
+    """Keep the workers' latest busy reports of the current launch in the record (the sweep
+    driver's last word on a trial's, after Tune ended it)."""
+
+    def change(doc: dict[str, Any]) -> None:
+        _note_busy(doc, reports, doc.get("name") or run_uri.fs_path.rsplit("/", 1)[-1])
+        doc["updated"] = now()
+
+    return update(fs, run_uri, change)
 
 
 def _open_launch(doc: dict[str, Any], job) -> None:

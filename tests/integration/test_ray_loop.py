@@ -41,7 +41,7 @@ def reference(ray_local):
     return _run(_job("loop-ref"), events), events
 
 
-def test_plain_loop_reports_every_metric_and_gets_verified_checkpoints(reference):
+def test_plain_loop_reports_every_metric_and_gets_verified_checkpoints(reference, tmp_path_factory):
     result, events = reference
     assert sorted(events.epochs()) == list(range(EPOCHS))
     for epoch, metrics in events.epochs().items():
@@ -71,21 +71,45 @@ def test_plain_loop_reports_every_metric_and_gets_verified_checkpoints(reference
     assert result.elapsed_s / 2 < used["wallS"] < result.elapsed_s + 10
     assert used["workerS"] == 2 * used["wallS"]
     assert used["cpuS"] == used["workerS"] and used["gpuS"] == 0 and used["cost"] is None
+    # Busy time: each worker's own CPU time from rayfleet's wrapper, its latest cumulative
+    # report kept per rank; two 1-CPU workers cannot use more than they requested.
+    assert sorted((b["launch"], b["rank"]) for b in used["busy"]) == [(1, 0), (1, 1)]
+    assert all(b["cpuS"] > 0 and b["gpuS"] is None for b in used["busy"]), used["busy"]
+    assert 0 < used["busyCpuS"] <= used["cpuS"] * 1.05 and used["busyGpuS"] is None
+    # This machine's CPU node says no accelerator and no market: the price table's hold.
+    assert used["nodes"] == {"accelerator": None, "market": None, "note": None}
     out = CliRunner().invoke(app, ["jobs", "describe", "loop-ref", "--storage", f"s3://{BUCKET}"])
     assert out.exit_code == 0 and "  usage: wall " in out.output, out.output
+    assert "  usage: busy CPU " in out.output and "% of requested)" in out.output, out.output
+    spot = tmp_path_factory.mktemp("prices") / "spot.yaml"
+    spot.write_text("market: spot\ncpuHour: {onDemand: 0.04, spot: 0.01}\n")
+    out = CliRunner().invoke(
+        app, ["jobs", "describe", "loop-ref", "--storage", f"s3://{BUCKET}", "--prices", str(spot)]
+    )
+    assert out.exit_code == 0 and "(spot: 0.01/CPU-h)" in out.output, out.output
 
 
 def test_killed_worker_resumes_the_plain_loop_with_identical_metrics(reference):
     def kill_rank1_after_epoch_1(ev, event):
         if event["type"] == "epoch" and event["epoch"] == 1 and not getattr(ev, "killed", 0):
-            ev.killed = 1
+            ev.killed = ev.pids[1]
             os.kill(ev.pids[1], signal.SIGKILL)
 
     events = Events(kill_rank1_after_epoch_1)
     result = _run(_job("loop-killed"), events)
-    assert getattr(events, "killed", 0) == 1
+    assert getattr(events, "killed", 0)
     assert any(m.startswith("resuming from checkpoint_") for m in events.logs()), events.logs()
     assert result.metrics == reference[0].metrics
+    # The killed worker's last busy report is kept; its replacement counts on its own.
+    job = _job("loop-killed")
+    busy = record.read(filesystem_for(job.run_uri()), job.run_uri())["usage"]["busy"]
+    ranks1 = [b for b in busy if b["rank"] == 1]
+    assert any(f":{events.killed}:" in b["worker"] for b in ranks1), (
+        events.killed,
+        events.pids,
+        busy,
+    )
+    assert len(ranks1) >= 2 and {b["launch"] for b in busy} == {1}, busy
 
 
 def test_more_epochs_continue_from_the_newest_verified_checkpoint(reference):

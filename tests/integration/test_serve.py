@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -417,3 +418,10 @@ def test_ctrl_c_stops_serving_cleanly(server):
     used_uri = parse_uri(f"s3://{BUCKET}/deployments/{name}/usage.json")
     used = json.loads(read_bytes(filesystem_for(used_uri), used_uri.fs_path))
     assert used["name"] == name and used["samples"] and used["replicaS"] > 0, used
+    # ... and what its replica processes used, the load of the tests above included: some
+    # CPU, and no more than the machine's cores over the time they served (Ray does not cap
+    # a replica at what it requested, and the 30 s replica-count samples miss short scale-ups,
+    # so "at most requested" would not be a law).
+    wall = max(b["at"] for b in used["busy"]) - min(s["at"] for s in used["samples"])
+    assert used["busy"] and 0 < used["busyCpuS"] <= (wall + 30) * os.cpu_count(), used
+    assert used["busyGpuS"] is None  # a CPU deployment

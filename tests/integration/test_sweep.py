@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
+from rayfleet import record
 from rayfleet.storage.checkpoints import list_checkpoints, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
 from rayfleet.storage.uri import parse_uri
@@ -143,6 +144,14 @@ def test_digits_sweep_killed_resumed_asha_and_verified_best(s3, digits_uri, tmp_
     assert doc["best"]["trialId"] == best.trial_id
     assert doc["best"]["checkpoint"] == best.checkpoint
     assert [t["trialId"] for t in doc["trials"]] == [t.trial_id for t in table.trials]
+    # Busy time: the trials' workers report it through rayfleet's wrapper like a run's; the
+    # sweep sums it (a trial killed with the driver loses at most its last epoch's).
+    trial_busy = {
+        t.trial_id: (record.read(filesystem_for(uri), uri) or {}).get("usage", {}).get("busy")
+        for t in table.trials
+        for uri in [_uri(name).join(t.trial_id, "train")]
+    }
+    assert 0 < doc["usage"]["busyCpuS"] <= doc["usage"]["cpuS"] * 1.05, (doc["usage"], trial_busy)
 
     again = _sweep(spec)  # an existing sweep is continued only on purpose
     out, _ = again.communicate(timeout=120)

@@ -58,6 +58,14 @@ def _chart_groups(values: dict) -> dict[str, dict]:
     return {g["groupName"]: g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]}
 
 
+def _chart_group_labels(values: dict) -> dict[str, dict]:
+    """Each worker group's Ray node labels (KubeRay 1.7 passes `labels` to `ray start`)."""
+    from tests.k8s.conftest import chart_objects, render_chart
+
+    (cluster,) = by_kind(chart_objects(render_chart(values)), "RayCluster")
+    return {g["groupName"]: g.get("labels", {}) for g in cluster["spec"]["workerGroupSpecs"]}
+
+
 SPOT = {
     "aws": ({"eks.amazonaws.com/capacityType": "SPOT"}, None),
     "karpenter": ({"karpenter.sh/capacity-type": "spot"}, None),
@@ -89,6 +97,14 @@ def test_chart_preemptible_group_selects_the_clouds_spot_nodes(cloud):
 def test_chart_groups_are_on_demand_unless_marked():
     groups = _chart_groups({})
     assert "nodeSelector" not in groups["cpu"] and "tolerations" not in groups["cpu"]
+
+
+def test_preemptible_groups_tell_ray_their_nodes_are_spot():
+    """The `ray.io/market-type` node label is what a run's usage reads to price its workers
+    at spot rates (rayfleet.usage.node_facts); unmarked groups say nothing (the price
+    table's market holds)."""
+    labels = _chart_group_labels({"workerGroups": {"cpu": {"preemptible": True}}})
+    assert labels["cpu"] == {"ray.io/market-type": "spot"} and labels["gpu"] == {}
 
 
 def test_chart_refuses_an_unknown_cloud():

@@ -58,6 +58,8 @@ from rayfleet.serve.auth import (
     client_token,
     read_token_file,
 )
+from rayfleet.serve.client import PredictClient
+from rayfleet.serve.client import output as response_output
 from rayfleet.serve.ingress import apply_local_env
 from rayfleet.serve.loading import pin_checkpoint, resolve_source
 from rayfleet.serve.protocol import build_request
@@ -269,13 +271,13 @@ def _serve_foreground(
 
 
 def _meter(deployment):
-    """Sample the served replica count into the deployment's usage document (rayfleet.usage),
-    priced with $RAYFLEET_PRICES when set."""
+    """Sample the served replica count and the replicas' busy time into the deployment's
+    usage document (rayfleet.usage), priced with $RAYFLEET_PRICES when set."""
 
     name = deployment.name
     uri = deployment.storage_uri().join("deployments", name, usage.USAGE_FILE)
 
-    def store(found: usage.DeploymentUsage) -> None:
+    def store(found: usage.ServedUsage) -> None:
         doc = found.model_dump(mode="json", by_alias=True)
         documents.update(uri, lambda d: (d.clear(), d.update(doc)))
 
@@ -286,9 +288,10 @@ def _meter(deployment):
         cpus_per_replica=deployment.spec.cpus_per_replica,
         gpus_per_replica=deployment.spec.gpus_per_replica,
         prices=usage.load_prices(None),
+        busy=lambda: runtime.busy_reports(name),
     )
     if (previous := documents.read(uri).json()) is not None:
-        meter.resume(usage.DeploymentUsage.model_validate(previous))
+        meter.resume(usage.ServedUsage.model_validate(previous))
     return meter
 
 
@@ -409,8 +412,6 @@ def predict(
     """Classify examples with a served model (retries with backoff while it is unavailable).
 
     `-o json` prints the server's Open Inference Protocol response as it is."""
-    from rayfleet.serve.client import PredictClient
-    from rayfleet.serve.client import output as tensor
 
     token = client_token(token_file) or ""
     payload = _read_input(input_path)
@@ -427,7 +428,7 @@ def predict(
     if raw or output is Output.json:
         return print_json(response)
     try:
-        classes = tensor(response, "predicted_class")["data"]
+        classes = response_output(response, "predicted_class")["data"]
     except KeyError:
         typer.echo(json.dumps(response))
         return
@@ -449,10 +450,9 @@ def resolve_url(url: str | None) -> str:
 
 
 def _rows(response: dict[str, Any], name: str) -> list[list[float]] | None:
-    from rayfleet.serve.client import output
 
     try:
-        tensor = output(response, name)
+        tensor = response_output(response, name)
     except KeyError:
         return None
     n, k = tensor["shape"]

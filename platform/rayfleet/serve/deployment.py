@@ -12,6 +12,7 @@ imports none of these.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ray import serve
@@ -22,10 +23,13 @@ from rayfleet.serve.auth import server_token
 from rayfleet.serve.config import DEPLOYMENT, deployment_options, replica_settings
 from rayfleet.serve.grpc.servicer import GrpcInference
 from rayfleet.serve.loading import load_model, pin_checkpoint, resolve_source
+from rayfleet.serve.runtime import put_busy_report
 from rayfleet.specs import parse_spec
 from rayfleet.specs.serve import ModelDeployment
+from rayfleet.train.busy import BusySampler
 
 __all__ = ["ModelServer", "application"]
+log = logging.getLogger(__name__)
 
 
 @serve.deployment(
@@ -59,6 +63,15 @@ class ModelServer:
         )
         self._token = token
         self.grpc = GrpcInference(self.service, token=token)
+        # Last: busy time counts from when the replica is ready, as its requested time does.
+        self._busy = _start_busy(settings.get("gpus", 0))
+
+    def __del__(self):
+        """Serve calls this as the replica shuts down: the busy sampler's final report."""
+        busy = getattr(self, "_busy", None)
+        if busy is not None:
+            self._busy = None
+            busy.stop()
 
     def __serve_build_asgi_app__(self):
         return build_app(self.service, token=self._token)
@@ -84,6 +97,29 @@ class ModelServer:
 
     async def ModelInfer(self, request, grpc_context=None):
         return await self.grpc.model_infer(request, grpc_context)
+
+
+def _start_busy(gpus: float) -> BusySampler | None:
+    """This replica process's busy time (CPU; GPU where NVML answers), sampled by
+    `train.busy.BusySampler` and kept in Ray's key-value store for `rayfleet serve`'s meter
+    (`runtime.busy_reports`); None when it cannot measure (logged): never an error."""
+    try:
+        context = serve.get_replica_context()
+        app, replica = context.replica_id.deployment_id.app_name, context.replica_id.unique_id
+        gpu = None
+        if gpus > 0:
+            import torch
+
+            if torch.cuda.is_available():
+                gpu = torch.cuda.current_device()
+
+        def send(report: dict[str, Any], final: bool) -> None:
+            put_busy_report(app, {**report, "at": time.time()})
+
+        return BusySampler(send, gpu=gpu, facts={"replica": replica}).start()
+    except Exception as exc:  # noqa: BLE001 - measuring never fails serving
+        log.warning("busy time not measured on this replica: %s", exc)
+        return None
 
 
 def application(args: dict[str, Any]):

@@ -262,6 +262,57 @@ def _read_rollout(name: str, checkpoint: str | None) -> Rollout | None:
     return rollout if target == checkpoint else None
 
 
+# ---------------------------------------------------------------------- replicas' busy time
+#
+# Each replica (`deployment.ModelServer`) overwrites one key with its cumulative busy report
+# every few seconds; `rayfleet serve`'s meter reads them all (`usage.ReplicaMeter`). A key per
+# replica process rather than an actor the replicas push to: nothing to create, place or keep
+# alive, start order does not matter, the latest report per replica is what the store holds
+# anyway, and a replica that went away leaves its last one (the rollout record lives here too).
+
+BUSY_STALE_S = 600.0  # a report not renewed for this long: its replica is gone
+
+
+def _busy_prefix(app: str) -> bytes:
+    return f"serve-busy:{app}:".encode()
+
+
+def put_busy_report(app: str, report: dict[str, Any]) -> None:
+    """Keep a replica's cumulative busy report (`train.busy.BusySampler`'s, plus `at`) under
+    its process's key for application `app`."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    key = _busy_prefix(app) + str(report["worker"]).encode()
+    _internal_kv_put(key, json.dumps(report).encode(), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def busy_reports(app: str, *, now: float | None = None) -> list[dict[str, Any]]:
+    """The latest busy report of every replica process of application `app`. Reports not
+    renewed for BUSY_STALE_S are returned once more and then dropped from the store: the
+    caller (the meter) keeps them in the deployment's usage document."""
+    from ray.experimental.internal_kv import (
+        _internal_kv_del,
+        _internal_kv_get,
+        _internal_kv_list,
+    )
+
+    now = time.time() if now is None else now
+    reports = []
+    for key in _internal_kv_list(_busy_prefix(app), namespace=KV_NAMESPACE):
+        raw = _internal_kv_get(key, namespace=KV_NAMESPACE)
+        try:
+            report = json.loads(raw) if raw is not None else None
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            continue
+        reports.append(report)
+        at = report.get("at")
+        if isinstance(at, int | float) and now - at > BUSY_STALE_S:
+            _internal_kv_del(key, namespace=KV_NAMESPACE)
+    return reports
+
+
 def _target(deployment: ModelDeployment) -> str:
     a = deployment.spec.autoscaling
     if a is not None:

@@ -17,13 +17,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import tenacity
 
-from rayfleet import record, tracking
+from rayfleet import record, tracking, usage
 from rayfleet.data.layout import check_files, read_info
 from rayfleet.embedded import ensure_ray
 from rayfleet.errors import SpecError, StorageError, WorkFailedError
@@ -149,7 +150,10 @@ class _Poller(threading.Thread):
         import ray
 
         for event in ray.get(self.channel.drain.remote()):
-            self.handler(event)
+            try:
+                self.handler(event)
+            except Exception as exc:  # noqa: BLE001 - one event's hiccup must not drop the rest
+                log.warning("progress event %s not handled: %s", event.get("type"), exc)
 
     def run(self) -> None:
         while not self.stopping.wait(_POLL_S):
@@ -340,12 +344,19 @@ def fit_with_retries(job: TrainJob, make_trainer: Callable[[], Any], notify: Eve
             _wait_for_storage(job.storage_uri(), notify)
 
 
-def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler, last: Event) -> EventHandler:
+def _recording_epochs(
+    fs, run_uri: StorageURI, notify: EventHandler, last: Event, tally: usage.BusyTally
+) -> EventHandler:
     """Pass events on, and note each finished epoch in the run record as it happens, so a
     record read mid-run (or after the driver was killed) says how far the run got. `last`
-    keeps the latest epoch event (the result of a run that checkpointed nothing)."""
+    keeps the latest epoch event (the result of a run that checkpointed nothing); `tally`
+    the workers' busy reports (`usage` events, kept here, not passed on), which go into the
+    record with each epoch and with the run's end."""
 
     def handle(event: Event) -> None:
+        if event.get("type") == "usage":
+            tally.note(event)
+            return
         if event.get("type") == "epoch":
             last.update(event)
             try:
@@ -355,6 +366,7 @@ def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler, last: Event
                     epoch=event["epoch"],
                     metrics=event["metrics"],
                     workers=event.get("workers"),
+                    busy=tally.reports(),
                 )
             except (OSError, StorageError) as exc:
                 # A storage blip must not stop training (or the progress line); the record
@@ -363,6 +375,24 @@ def _recording_epochs(fs, run_uri: StorageURI, notify: EventHandler, last: Event
         notify(event)
 
     return handle
+
+
+@contextmanager
+def busy_channel(note: EventHandler) -> Iterator[Any]:
+    """A progress channel whose workers' busy reports (`usage` events) go to `note`, for a
+    driver that is not `run_train_job`'s: the sweep driver hands it to every trial's trainer
+    (its other events, the trials' epochs and logs, are Tune's business and dropped here)."""
+
+    def handle(event: Event) -> None:
+        if event.get("type") == "usage":
+            note(event)
+
+    poller = _Poller(_progress_channel(), handle)
+    poller.start()
+    try:
+        yield poller.channel
+    finally:
+        poller.close()
 
 
 def check_same_training(job: TrainJob, resume_from, previous: dict[str, Any] | None) -> None:
@@ -440,7 +470,8 @@ def run_train_job(
         clock.mark("ray")
         owns_ray = ensure_ray(verbose=verbose)
         last: Event = {}
-        handler = clock.watching(_recording_epochs(fs, run_uri, notify, last))
+        tally = usage.BusyTally()
+        handler = clock.watching(_recording_epochs(fs, run_uri, notify, last, tally))
         poller = _Poller(_progress_channel(), handler)
         poller.start()
         next_epoch = resume_from.epoch + 1 if resume_from is not None else 0
@@ -459,7 +490,10 @@ def run_train_job(
                 ray.shutdown()
         if error is not None:
             wait_s = job.spec.failure.replacement_wait_seconds
-            record.write(fs, run_uri, job, status="FAILED", error=str(error), attempts=attempts)
+            record.write(
+                fs, run_uri, job, status="FAILED", busy=tally.reports(), error=str(error),
+                attempts=attempts,
+            )  # fmt: skip
             detail = str(error).strip().splitlines()[-1][:300]
             if waiting.waited_too_long(error):
                 detail = waiting.gave_up_line(job.spec.scaling.fewest_workers, wait_s)
@@ -491,7 +525,7 @@ def run_train_job(
             skipped=[str(s) for s in skipped],
             startup=dict(clock.marks),
         )
-        record.write(fs, run_uri, job, status="SUCCEEDED", result=result)
+        record.write(fs, run_uri, job, status="SUCCEEDED", busy=tally.reports(), result=result)
         return result
     finally:
         tracking.finish(notify, fs, run_uri)

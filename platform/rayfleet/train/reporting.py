@@ -47,7 +47,8 @@ class RunReporter(UserCallback):
     """Stamps manifests on persisted checkpoints and forwards rank 0's metrics.
 
     Built by the launcher and pickled to the controller; `channel` is the driver's
-    ProgressChannel actor (None in sweep trials, whose metrics go to Tune instead).
+    ProgressChannel actor (in a sweep trial the sweep driver's, which only keeps the
+    workers' busy time from it: the trial's metrics go to Tune).
     """
 
     def __init__(

@@ -111,7 +111,7 @@ def waiting_callback(channel: Any, num_workers: int, bound: WaitBound):
                 return
             self.said = True
             message = waiting_line(num_workers, bound)
-            if channel is not None:  # None in sweep trials: Ray Train's own log says it
+            if channel is not None:  # a sweep's drops it: Ray Train's own log says it
                 channel.push.remote({"rank": 0, "type": "log", "message": message})
 
     return WaitingForRoom()

@@ -25,7 +25,7 @@ from rayfleet.errors import SpecError, WorkFailedError
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.lease import Lease
 from rayfleet.storage.uri import parse_uri
-from rayfleet.train.launcher import check_inputs
+from rayfleet.train.launcher import busy_channel, check_inputs
 from rayfleet.tune import results, tracking
 from rayfleet.tune.replay import Launch, plan_fresh, plan_resume
 from rayfleet.tune.search import param_space, scheduler, search_alg
@@ -232,51 +232,60 @@ def _run_launch(
 
 def _fit(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, verbose: bool) -> None:
     """Run the launch as a new Tune experiment under <sweep>/tune/."""
-    from ray import tune
-
     owns_ray = ensure_ray(verbose=verbose, dashboard=True)
     try:
-        # Tune's newer console output prints its own banners even at verbose=0; rayfleet
-        # draws the table, so take the legacy reporter, which verbose=0 silences.
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                run_trial,
-                base_doc=prep.base_doc,
-                sweep_uri=str(prep.uri),
-                sys_path=list(sys_path or []),
-            ),
-            # The trial itself only drives its Train run, whose workers Ray Train places in
-            # a placement group of their own; Tune needs a non-empty request, so a token one.
-            {"cpu": 0, "memory": 2**20},
-        )
-        concurrency = default_concurrency(prep)
-        spec = prep.sweep.spec
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(prep),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=spec.mode,
-                search_alg=search_alg(prep, concurrency, launch),
-                scheduler=scheduler(prep),
-                num_samples=launch.tune_samples,
-                # BasicVariantGenerator got it already; Tune warns if told twice.
-                max_concurrent_trials=concurrency if spec.search.algorithm == "tpe" else None,
-                trial_dirname_creator=lambda trial: trial.trial_id,
-            ),
-            run_config=tune.RunConfig(
-                name=f"launch-{launch.number:03d}-{secrets.token_hex(3)}",
-                storage_path=prep.uri.join(TUNE_DIR).fs_path,
-                storage_filesystem=filesystem_for(prep.uri),
-                failure_config=tune.FailureConfig(max_failures=spec.max_trial_failures),
-                callbacks=[TableCallback(prep, launch), *tracking.callbacks(prep, launch.number)],
-                verbose=0,
-            ),
-        )
-        tuner.fit()
+        # The trials' workers report their busy time here; the trial records keep it.
+        with busy_channel(tracking.busy_sink(prep)) as channel:
+            _tune(prep, launch, sys_path=sys_path, channel=channel)
+        tracking.store_busy(prep)
     finally:
         if owns_ray:
             import ray
 
             ray.shutdown()
+
+
+def _tune(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, channel) -> None:
+    """The Tuner of the launch, run to its end; `channel` goes to every trial's trainer."""
+    from ray import tune
+
+    # Tune's newer console output prints its own banners even at verbose=0; rayfleet
+    # draws the table, so take the legacy reporter, which verbose=0 silences.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base_doc=prep.base_doc,
+            sweep_uri=str(prep.uri),
+            sys_path=list(sys_path or []),
+            channel=channel,
+        ),
+        # The trial itself only drives its Train run, whose workers Ray Train places in
+        # a placement group of their own; Tune needs a non-empty request, so a token one.
+        {"cpu": 0, "memory": 2**20},
+    )
+    concurrency = default_concurrency(prep)
+    spec = prep.sweep.spec
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(prep),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=search_alg(prep, concurrency, launch),
+            scheduler=scheduler(prep),
+            num_samples=launch.tune_samples,
+            # BasicVariantGenerator got it already; Tune warns if told twice.
+            max_concurrent_trials=concurrency if spec.search.algorithm == "tpe" else None,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=f"launch-{launch.number:03d}-{secrets.token_hex(3)}",
+            storage_path=prep.uri.join(TUNE_DIR).fs_path,
+            storage_filesystem=filesystem_for(prep.uri),
+            failure_config=tune.FailureConfig(max_failures=spec.max_trial_failures),
+            callbacks=[TableCallback(prep, launch), *tracking.callbacks(prep, launch.number)],
+            verbose=0,
+        ),
+    )
+    tuner.fit()

@@ -4,9 +4,11 @@ Both are driver-side Tune callbacks (trials never write either):
 
 - `SweepRecorder` keeps a run record per trial at `<sweep>/<trial_id>/train/record.json`
   (`rayfleet.record`): the trial's TrainJob, each epoch's metrics as Tune receives them, and
-  its end (SUCCEEDED, STOPPED by the scheduler, FAILED). `rayfleet plot --sweep` draws the
-  trials' curves from these, with no cluster and no MLflow. The updates go through a
-  `BackgroundWriter`: Tune schedules every trial from the thread that calls its callbacks.
+  its end (SUCCEEDED, STOPPED by the scheduler, FAILED), with its workers' busy time as the
+  runner's busy channel last heard it (`busy_sink`; `store_busy` once more at the end).
+  `rayfleet plot --sweep` draws the trials' curves from these, with no cluster and no
+  MLflow. The updates go through a `BackgroundWriter`: Tune schedules every trial from the
+  thread that calls its callbacks.
 - `MlflowSweep`, when tracking is configured (the SweepJob's `spec.tracking`, else the
   TrainJob's, else $MLFLOW_TRACKING_URI): one parent run per sweep launch (the sweep spec as
   params) with one child run per trial (its resolved TrainJob as params, per-epoch metrics,
@@ -20,11 +22,12 @@ plain data and find the driver's live state in `_LIVE`, by sweep URI (as runner'
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from typing import Any
 
 from ray.tune import Callback
 
-from rayfleet import record, tracking
+from rayfleet import record, tracking, usage
 from rayfleet.errors import StorageError
 from rayfleet.specs import TrainJob, parse_spec
 from rayfleet.storage.background import BackgroundWriter
@@ -63,6 +66,12 @@ class _Live:
         self.jobs: dict[str, TrainJob] = {}
         self.epochs: dict[str, int] = {}
         self.records = BackgroundWriter("rayfleet-trial-records")
+        # The trials' workers' busy reports, by trial run URI (runner's busy channel).
+        self.busy: dict[str, usage.BusyTally] = defaultdict(usage.BusyTally)
+
+    def reports(self, run_uri: StorageURI) -> list[dict[str, Any]]:
+        tally = self.busy.get(str(run_uri))
+        return tally.reports() if tally is not None else []
 
 
 _LIVE: dict[str, _Live] = {}
@@ -90,6 +99,31 @@ def callbacks(prep: PreparedSweep, launch_number: int) -> list[Callback]:
             },
         )
     return [SweepRecorder(str(prep.uri))]
+
+
+def busy_sink(prep: PreparedSweep):
+    """Where the runner's busy channel puts a trial worker's `usage` event: its trial's
+    tally, by the run URI the event names (the records take it with each epoch and end)."""
+    key = str(prep.uri)
+
+    def note(event: dict[str, Any]) -> None:
+        if (live := _LIVE.get(key)) is not None and event.get("run"):
+            live.busy[str(event["run"])].note(event)
+
+    return note
+
+
+def store_busy(prep: PreparedSweep) -> None:
+    """After the launch's trials: every trial's latest busy reports into its record (what
+    arrived after its last epoch or its end, e.g. from workers of a trial Tune stopped)."""
+    if (live := _LIVE.get(str(prep.uri))) is None:
+        return
+    for run, tally in list(live.busy.items()):
+        uri = parse_uri(run)
+        try:
+            record.note_busy(filesystem_for(uri), uri, tally.reports())
+        except (OSError, StorageError) as exc:  # bookkeeping never fails a sweep
+            log.warning("%s: could not record its busy time: %s", run, exc)
 
 
 def finish(prep: PreparedSweep) -> None:
@@ -176,7 +210,11 @@ class SweepRecorder(Callback):
             k: v for k, v in result.items() if k not in _TUNE_KEYS and isinstance(v, (int, float))
         }
         self._record(
-            live, trial_id, lambda fs, uri: record.add_epoch(fs, uri, epoch=epoch, metrics=metrics)
+            live,
+            trial_id,
+            lambda fs, uri: record.add_epoch(
+                fs, uri, epoch=epoch, metrics=metrics, busy=live.reports(uri)
+            ),
         )
         if live.tracker is not None:
             live.tracker.log_metrics(f"trial:{trial_id}", tracking.numeric(metrics), epoch)
@@ -206,7 +244,11 @@ class SweepRecorder(Callback):
         if job is not None:
             fields: dict[str, Any] = {"error": error} if error else {}
             self._record(
-                live, trial_id, lambda fs, uri: record.write(fs, uri, job, status=status, **fields)
+                live,
+                trial_id,
+                lambda fs, uri: record.write(
+                    fs, uri, job, status=status, busy=live.reports(uri), **fields
+                ),
             )
         if live.tracker is None:
             return

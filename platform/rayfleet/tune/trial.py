@@ -68,9 +68,15 @@ def _report_callback(next_epoch: int):
 
 
 def run_trial(
-    params: dict[str, Any], *, base_doc: dict[str, Any], sweep_uri: str, sys_path: list[str]
+    params: dict[str, Any],
+    *,
+    base_doc: dict[str, Any],
+    sweep_uri: str,
+    sys_path: list[str],
+    channel: Any = None,
 ) -> None:
-    """The Tune trainable: train the base TrainJob with this trial's sampled values."""
+    """The Tune trainable: train the base TrainJob with this trial's sampled values.
+    `channel`: the sweep driver's progress channel (its workers' busy time), or None."""
     from ray import tune
 
     from rayfleet.train.launcher import build_trainer, fit_with_retries
@@ -93,7 +99,7 @@ def run_trial(
         job,
         lambda: build_trainer(
             job,
-            None,
+            channel,  # the sweep driver's: its workers' busy time goes to the trial's record
             sys_path,
             run_uri=run_uri,
             callbacks=[_report_callback(next_epoch)],
