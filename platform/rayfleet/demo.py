@@ -29,6 +29,9 @@ from typing import Any
 from rayfleet.errors import RayfleetError
 from rayfleet.examples import spec_path
 from rayfleet.local import free_port
+from rayfleet.specs import load_spec
+from rayfleet.storage.checkpoints import list_checkpoints
+from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.s3server import loopback_s3
 
 BUCKET = "rayfleet-demo"
@@ -95,9 +98,6 @@ def demo(json_mode: bool = False) -> dict[str, Any]:
             "data", "import", "digits", f"s3://{BUCKET}/datasets/digits", json_mode=json_mode
         )
         doc["run"] = _rayfleet("run", str(spec), json_mode=json_mode)
-        from rayfleet.specs import load_spec
-        from rayfleet.storage.checkpoints import list_checkpoints
-        from rayfleet.storage.filesystem import filesystem_for
 
         job = load_spec(spec)
         run = job.run_uri()

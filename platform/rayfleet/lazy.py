@@ -11,8 +11,16 @@ dependency of a module in its import block instead of scattered through function
 missing package fails at first use with one line naming the package and how to install it,
 not a bare ModuleNotFoundError from deep inside a command.
 
-rayfleet's own modules are imported normally, at module top: a pure module never imports a
-runtime module, so there is nothing to defer (tests/k8s/test_pure_imports.py checks that).
+rayfleet's own modules are imported at module top. The modules that name pyarrow (storage/,
+the run record, data layout and shards) and httpx (the Jobs API and predict clients) do it
+through `lazy`, so importing them loads neither until a call needs it. What remains inside
+functions (about 20 imports) each defers a package the importer does not load otherwise: Ray
+(the sweep runner, the reporting callback, the launcher from the compress driver), torch
+(compression transforms), scikit-learn and pandas (evaluation, table import), numpy (the
+quickstart's serving check), plus three import cycles (train.preemption <-> train.session,
+compress.job <-> compress.distill, the recipe registry <-> its distillation loss).
+tests/k8s/test_pure_imports.py checks the pure builders and the storage layer load no
+runtime.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rayfleet import record
 from rayfleet.lazy import lazy
 from rayfleet.retry import doubling, jittered, retrying
 from rayfleet.specs.tracking import (
@@ -35,6 +36,7 @@ from rayfleet.specs.tracking import (
     TRACKING_URI_ENV,
     TrackingSpec,
 )
+from rayfleet.storage.checkpoints import UNKNOWN_EPOCH, list_checkpoints, verify
 
 log = logging.getLogger(__name__)
 mlflow_client = lazy(
@@ -346,7 +348,6 @@ def _status_of(doc: Mapping[str, Any] | None) -> str:
 
 def verified_checkpoints(fs, run_uri) -> list[dict[str, Any]]:
     """Every checkpoint under a run that verifies against its manifest: epoch and URI."""
-    from rayfleet.storage.checkpoints import UNKNOWN_EPOCH, list_checkpoints, verify
 
     out = []
     for epoch, path in list_checkpoints(fs, run_uri.fs_path):
@@ -379,7 +380,6 @@ class RunTracking:
 
     def finish(self, fs, run_uri) -> None:
         """The run's outcome: status, the verified checkpoints, the final record."""
-        from rayfleet import record
 
         try:
             doc = record.read(fs, run_uri)

@@ -107,6 +107,28 @@ def test_the_serve_config_is_pure():
     assert [m for m in RUNTIMES + CLUSTER_CLIENTS if loaded[m]] == []
 
 
+def test_storage_data_and_clients_load_no_pyarrow_or_httpx_until_they_are_used():
+    """storage/, the run record, data layout and shards name pyarrow lazily, and the Jobs
+    API and predict clients httpx, so the modules that import them at module top (job
+    commands, tracking, the worker session, evaluation) start without either; the first
+    call that needs one loads it."""
+    loaded = loaded_after(
+        """
+        import sys
+        import rayfleet.record, rayfleet.tracking, rayfleet.train.session, rayfleet.jobs.locate
+        import rayfleet.jobs.cluster, rayfleet.serve.client, rayfleet.serve.evaluate
+        from rayfleet.data import layout, shards
+        from rayfleet.storage import checkpoints, documents, lease, logs, pins, preflight
+        from rayfleet.storage.filesystem import filesystem_for
+        from rayfleet.storage.uri import parse_uri
+        assert "pyarrow" not in sys.modules and "httpx" not in sys.modules
+        filesystem_for(parse_uri("/tmp")).get_file_info("/tmp")
+        assert "pyarrow.fs" in sys.modules
+        """
+    )
+    assert [m for m in RUNTIMES + CLUSTER_CLIENTS if loaded[m]] == []
+
+
 @pytest.mark.parametrize("module", sorted(CLUSTER_FACING))
 def test_cluster_facing_modules_import_the_client_only_when_they_call(module):
     """Importing the plugin or the operator loads no runtime and no rayfleet.cli. The plugin

@@ -147,13 +147,9 @@ class _Rank0Collectives:
         return value
 
 
-def test_notice_watch_asks_ray_once_a_second_and_checkpoints_once_per_notice():
-    """0.1 s steps: after 5 timing steps the cadence becomes every 10 steps (one collective
-    a second, nothing in between). A notice with 6 s left and a 2 s save estimate: training
-    goes on until one more step plus the save would not fit, then exactly one checkpoint;
-    the same notice is not acted on twice, a new one is."""
-    from types import SimpleNamespace
-
+def _simulated_watch():
+    """Rank 0's NoticeWatch on 0.1 s steps (its clock) and a wall clock the test advances:
+    (the collectives, the wall clock in ms as a one-item list, the watch)."""
     from rayfleet.train.preemption import NoticeWatch
 
     ray = _Rank0Collectives()
@@ -168,22 +164,36 @@ def test_notice_watch_asks_ray_once_a_second_and_checkpoints_once_per_notice():
         clock=lambda: next(ticks) * 0.1,
         wall_ms=lambda: wall[0],
     )
+    return ray, wall, watch
+
+
+def test_notice_watch_asks_ray_once_a_second_then_saves_every_step_of_the_final_window():
+    """0.1 s steps: after 5 timing steps the cadence becomes every 10 steps (one collective
+    a second, nothing in between). A notice with 6 s left: training goes on until one more
+    step plus the save would not fit, then a checkpoint after every step until the deadline
+    has passed by the slack (the node was not taken), so at most about one step is trained
+    after the last checkpoint; the same notice is not acted on twice, a new one is."""
+    from types import SimpleNamespace
+
+    ray, wall, watch = _simulated_watch()
     assert not any(watch.step() for _ in range(30))
     assert watch.every == 10 and ray.asked_at == [5, 15, 25]
 
     ray.notice = SimpleNamespace(deadline_ms=6_050, preempted_node_ids=["n1"])
     due_at = []
-    for _ in range(60):
+    for _ in range(90):
         wall[0] += 100  # 0.1 s of wall clock per step
         if watch.step():
             due_at.append(watch.steps)
-    # Seen at the check of step 35 (5.55 s left); due at step 50, the first with less than
-    # 0.1 + 3.0 (the save estimate before any save) + 1.0 s left (4.05 s).
-    assert due_at == [50]
-    assert ray.asked_at[-1] == 90  # back to a check a second, the handled notice ignored
+    # Seen at the check of step 35 (5.55 s left); first due at step 50, the first with less
+    # than 0.1 + 3.0 (the save estimate before any save) + 1.0 s left (4.05 s); then every
+    # step until 1 s (SLACK_S) past the deadline: step 100 at 1.0 s past it, 101 closes it.
+    assert due_at == list(range(50, 101)) and watch.due_count == 51
+    assert ray.asked_at[-1] == 111  # back to a check a second, the handled notice ignored
 
     ray.notice = SimpleNamespace(deadline_ms=None, preempted_node_ids=["n2"])
-    assert not any(watch.step() for _ in range(9)) and watch.step()  # next check: at once
+    # At the next check: checkpoint at once, and only once.
+    assert [watch.step() for _ in range(20)] == [True] + [False] * 19  # step 121: a check
 
 
 def test_no_collective_at_all_where_ray_train_watches_no_drains(monkeypatch):
@@ -199,6 +209,24 @@ def test_no_collective_at_all_where_ray_train_watches_no_drains(monkeypatch):
     assert not watch.enabled and not any(watch.step() for _ in range(100))
     monkeypatch.delenv(WATCHER_ENV)
     assert NoticeWatch(rank=0, get_info=collective, broadcast=collective).enabled
+
+
+def test_a_measured_save_moves_the_next_checkpoint_of_the_window_later():
+    """After the first just-in-time save is timed (0.2 s here), the next comes once one more
+    step plus 1.5x that save plus the slack no longer fits: 1.4 s before the deadline rather
+    than the 4.1 s of the default estimate."""
+    from types import SimpleNamespace
+
+    ray, wall, watch = _simulated_watch()
+    ray.notice = SimpleNamespace(deadline_ms=10_000, preempted_node_ids=["n1"])
+    left_at_due = []
+    for _ in range(120):
+        wall[0] += 100
+        if watch.step():
+            left_at_due.append(round((10_000 - wall[0]) / 1000, 1))
+            watch.saved(0.2)
+    first, second = left_at_due[:2]  # (the clock's float steps: within one step of the rule)
+    assert 4.0 <= first <= 4.1 and 1.3 <= second <= 1.4, left_at_due
 
 
 def test_the_save_estimate_is_the_slowest_recent_checkpoint_with_margin():

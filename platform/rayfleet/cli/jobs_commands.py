@@ -26,6 +26,9 @@ from rayfleet.cli.output import (
     table,
 )
 from rayfleet.errors import BadInputError
+from rayfleet.jobs.cluster import connect
+from rayfleet.jobs.follow import PENDING, TERMINAL, status_of
+from rayfleet.jobs.follow import follow as follow_log
 from rayfleet.jobs.locate import refresh_record, run_storage
 from rayfleet.jobs.target import (
     Context,
@@ -71,7 +74,6 @@ def _target(address, context, token_file, insecure=False):
 
 
 def _connect(address, context, token_file, insecure=False):
-    from rayfleet.jobs.cluster import connect
 
     return connect(_target(address, context, token_file, insecure))
 
@@ -231,7 +233,6 @@ def logs(
     output: Output = OutputOption,
 ) -> None:
     """A job's log (its driver's stdout and stderr)."""
-    from rayfleet.jobs.follow import follow as follow_log
 
     if storage is not None:
         return _stored_logs(name, storage, stream, follow=follow, output=output)
@@ -284,7 +285,6 @@ def stop(
     output: Output = OutputOption,
 ) -> None:
     """Stop a job (SIGTERM to its driver, then SIGKILL); its checkpoints stay in storage."""
-    from rayfleet.jobs.follow import PENDING, TERMINAL, status_of
 
     cluster = _connect(address, context, token_file, insecure)
     job = cluster.find(name)

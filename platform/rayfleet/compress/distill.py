@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rayfleet import record
 from rayfleet.compress.lineage import (
     META_KEY,
     Compression,
@@ -36,6 +37,10 @@ from rayfleet.compress.lineage import (
 )
 from rayfleet.compress.methods import CompressError
 from rayfleet.errors import SpecError, WorkFailedError
+from rayfleet.serve.loading import fetch_verified, load_verified
+from rayfleet.specs import parse_spec
+from rayfleet.storage.checkpoints import MANIFEST, newest_verified, verify
+from rayfleet.storage.filesystem import exists, filesystem_for, write_bytes
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train.recipes import RECIPES
 
@@ -197,7 +202,6 @@ def _student_job(
     workers: int | None,
 ):
     """The teacher's stored TrainJob document, renamed and given the student config."""
-    from rayfleet.specs import parse_spec
 
     doc = json.loads(json.dumps(stored))  # a deep copy of plain data
     doc["metadata"] = {**(doc.get("metadata") or {}), "name": to}
@@ -239,9 +243,7 @@ def prepare_distill(
     Raises CompressError (exit 2) for bad --to, a run with no verified checkpoint or no run
     record, a quantized source, a user-entrypoint run, a recipe with no teacher hook or no
     known student, bad --student-set / --temperature / --alpha, or an existing --to."""
-    from rayfleet import record
     from rayfleet.compress.job import check_destination, fp32_source, resolve_dataset
-    from rayfleet.storage.filesystem import filesystem_for
 
     check_settings(temperature, alpha, epochs, workers)
     run_uri, dest, ref, source = fp32_source(run, to, storage, then="distill from")
@@ -307,10 +309,8 @@ def prepare_distill(
 def run_distill(plan: DistillPlan, *, on_event: Callable[[dict], None] | None = None):
     """Train the student TrainJob, then evaluate it against its teacher and stamp the
     lineage into its final checkpoint's manifest. Returns a compress.job.CompressResult."""
-    from rayfleet.compress.job import CompressResult, check_destination
-    from rayfleet.storage.checkpoints import newest_verified
-    from rayfleet.storage.filesystem import exists, filesystem_for
-    from rayfleet.train.launcher import run_train_job
+    from rayfleet.compress.job import CompressResult, check_destination  # (imports this module)
+    from rayfleet.train.launcher import run_train_job  # pyarrow: not for the student's workers
 
     fs = filesystem_for(plan.dest)
     if plan.overwrite and exists(fs, plan.dest.fs_path):
@@ -336,9 +336,6 @@ def _stamp(plan: DistillPlan, target: StorageURI, tmp: Path) -> Compression:
     import torch
 
     from rayfleet.compress.job import _read_split, _serialized_size, accuracy
-    from rayfleet.serve.loading import fetch_verified, load_verified
-    from rayfleet.storage.checkpoints import MANIFEST, verify
-    from rayfleet.storage.filesystem import filesystem_for, write_bytes
 
     src_dir, out_dir = tmp / "teacher", tmp / "student"
     teacher_manifest = fetch_verified(plan.source, src_dir)

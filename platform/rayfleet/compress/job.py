@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
+from rayfleet import record, tracking
 from rayfleet.compress.distill import prepare_distill, run_distill
 from rayfleet.compress.lineage import (
     META_KEY,
@@ -30,6 +31,7 @@ from rayfleet.compress.lineage import (
 )
 from rayfleet.compress.methods import CompressError, Method, check_layers, method_named
 from rayfleet.errors import BadInputError
+from rayfleet.serve.evaluate import read_split
 from rayfleet.serve.loading import fetch_verified, load_verified
 from rayfleet.specs.base import NAME_RE, dataset_location
 from rayfleet.specs.tracking import tracking_in
@@ -112,7 +114,6 @@ def resolve_dataset(
     """`--dataset` (a name under `storage`'s datasets/, or a URI), else the run's own."""
     if given:
         return dataset_location(given, storage)
-    from rayfleet import record
 
     return record.dataset_in(record.job_spec(run_uri), storage)
 
@@ -121,7 +122,6 @@ def resolve_dataset(
 
 
 def _read_split(dataset: StorageURI, split: str, shape: tuple[int, ...], where: str):
-    from rayfleet.serve.evaluate import read_split
 
     try:
         shard = read_split(dataset, split)
@@ -223,7 +223,6 @@ def compress_run(
 def attach_to_source(run_uri: StorageURI, to: str, result: CompressResult) -> bool:
     """The lineage (as `compression-<to>.json`) and its size ratio and accuracy change on the
     source run's MLflow run, when that run was tracked; never fails the compression."""
-    from rayfleet import record, tracking
 
     spec = tracking_in(record.job_spec(run_uri))
     if tracking.target_for(spec) is None:

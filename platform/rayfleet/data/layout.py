@@ -16,13 +16,15 @@ import json
 import math
 from typing import Literal
 
-import pyarrow as pa
-import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from rayfleet.errors import DatasetError
+from rayfleet.lazy import lazy
 from rayfleet.storage.filesystem import read_bytes
 from rayfleet.storage.uri import StorageURI
+
+pafs = lazy("pyarrow.fs")
+pa = lazy("pyarrow")
 
 DESCRIPTOR = "dataset.json"
 SPLITS = ("train", "val")

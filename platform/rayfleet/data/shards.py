@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from rayfleet.data.layout import split_files
+from rayfleet.lazy import lazy
 from rayfleet.storage.uri import StorageURI
+
+pq = lazy("pyarrow.parquet")
+pafs = lazy("pyarrow.fs")
+pa = lazy("pyarrow")
 
 
 @dataclass

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-import httpx
-
 from rayfleet.errors import ClusterError, ClusterUnreachableError, JobNotFoundError
 from rayfleet.jobs.target import Target, check_transport
+from rayfleet.lazy import lazy
+
+httpx = lazy("httpx")
 
 T = TypeVar("T")
 PROBE_TIMEOUT_S = 5.0

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 
+from rayfleet import record
 from rayfleet.errors import BadInputError
+from rayfleet.jobs.cluster import connect
 from rayfleet.jobs.target import Target
+from rayfleet.record import refresh
 from rayfleet.specs import parse_spec
 from rayfleet.specs.base import resolve_storage
+from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import parse_uri
 
 
@@ -24,7 +28,6 @@ def run_storage(name: str, target: Target | None) -> str:
     if target is not None:
         if target.storage:
             return target.storage
-        from rayfleet.jobs.cluster import connect
 
         job = connect(target).find(name)
         if found := (job.metadata or {}).get("rayfleet.storage"):
@@ -42,9 +45,6 @@ def refresh_record(cluster, job, *, with_logs: bool = False) -> str | None:
 
     Returns None, or a one-line warning when the record could not be updated: callers show
     the job's status anyway (the status matters more than the record)."""
-    from rayfleet import record
-    from rayfleet.record import refresh
-    from rayfleet.storage.filesystem import filesystem_for
 
     meta = job.metadata or {}
     if not meta.get("rayfleet.record"):

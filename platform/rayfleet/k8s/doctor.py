@@ -37,6 +37,7 @@ from rayfleet.jobs.target import resolve
 from rayfleet.k8s import crd, pods
 from rayfleet.k8s.client import JSON_HEADERS, KubeAPI, NotFoundError
 from rayfleet.lazy import lazy
+from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import parse_uri
 
 kubernetes = lazy("kubernetes", purpose="talking to a Kubernetes API server")
@@ -599,7 +600,6 @@ def check_storage(
 def probe_storage(uri: str, termination_log: str = TERMINATION_LOG) -> int:
     """What the probe pod runs: the storage preflight; one line to stdout and the
     termination message. Exit 0 when the location is writable."""
-    from rayfleet.storage.preflight import preflight
 
     try:
         seconds = preflight(parse_uri(uri))

@@ -20,12 +20,14 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import tenacity
 
 from rayfleet.errors import BadInputError, WorkFailedError
+from rayfleet.lazy import lazy
 from rayfleet.retry import doubling, jittered, retrying
 from rayfleet.serve.auth import client_token
+
+httpx = lazy("httpx")
 
 RETRY_STATUS = {429, 502, 503, 504}
 

@@ -8,9 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rayfleet.data.layout import read_info
+from rayfleet.data.shards import read_shard
 from rayfleet.errors import WorkFailedError
 from rayfleet.local import stop_gracefully
 from rayfleet.retry import poll
+from rayfleet.serve.client import PredictClient, output
+from rayfleet.serve.loading import load_model, resolve_source
+from rayfleet.serve.protocol import build_request
+from rayfleet.specs import load_spec
+from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI
 
 
@@ -24,9 +31,6 @@ class Evaluation:
 
 def read_split(dataset: StorageURI, split: str = "val"):
     """Every row of a split (features shaped as the dataset says, labels)."""
-    from rayfleet.data.layout import read_info
-    from rayfleet.data.shards import read_shard
-    from rayfleet.storage.filesystem import filesystem_for
 
     fs = filesystem_for(dataset)
     info = read_info(fs, dataset)
@@ -43,8 +47,6 @@ def evaluate_served(
     retries: int = 5,
 ) -> Evaluation:
     """One request per row, `concurrency` at a time (so dynamic batching groups them)."""
-    from rayfleet.serve.client import PredictClient, output
-    from rayfleet.serve.protocol import build_request
 
     with PredictClient(url, retries=retries) as client:
         signature = client.metadata(model)["inputs"][0]
@@ -83,9 +85,6 @@ def serve_and_classify(
     import threading
 
     import httpx
-
-    from rayfleet.serve.loading import resolve_source
-    from rayfleet.specs import load_spec
 
     overrides = list(overrides or [])
     deployment = load_spec(serve_spec, overrides, expect="ModelDeployment")
@@ -129,7 +128,6 @@ def serve_and_classify(
 
 def evaluate_offline(checkpoint: str, features: np.ndarray, labels: np.ndarray) -> Evaluation:
     """The same checkpoint loaded in this process (verified, weights only), one forward pass."""
-    from rayfleet.serve.loading import load_model
 
     logits = load_model(checkpoint, name="offline").predict(features.astype(np.float32))
     classes = logits.argmax(axis=1)

@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from rayfleet.errors import BadInputError, CheckpointError
+from rayfleet.lazy import lazy
 from rayfleet.storage.filesystem import filesystem_for, read_bytes, write_bytes
 from rayfleet.storage.pins import pinned
 from rayfleet.storage.uri import StorageURI
+
+pafs = lazy("pyarrow.fs")
 
 MANIFEST = "rayfleet-manifest.json"
 MANIFEST_VERSION = 1

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pyarrow.fs as pafs
-
+from rayfleet.lazy import lazy
 from rayfleet.storage.uri import StorageURI
+
+pafs = lazy("pyarrow.fs")
 
 
 @dataclass(frozen=True)

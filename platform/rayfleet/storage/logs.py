@@ -34,11 +34,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-import pyarrow.fs as pafs
-
+from rayfleet.lazy import lazy
 from rayfleet.retry import poll
 from rayfleet.storage.checkpoints import launch_token
 from rayfleet.storage.filesystem import read_bytes, write_bytes
+
+pafs = lazy("pyarrow.fs")
 
 LOGS_DIR = "logs"
 CAP_ENV = "RAYFLEET_LOG_CAP_MB"

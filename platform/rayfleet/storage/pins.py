@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import re
 
-import pyarrow.fs as pafs
-
 from rayfleet.errors import StorageError
+from rayfleet.lazy import lazy
 from rayfleet.storage.filesystem import read_bytes, write_bytes
+
+pafs = lazy("pyarrow.fs")
 
 PINS = "pins"
 _HOLDER = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

@@ -10,12 +10,16 @@ checkpoint is lost unless the loop saves one in time. This module is that reacti
 must be called by every rank at the same step, and it costs an actor round trip. A
 `NoticeWatch` therefore asks at most every `check_every_s` seconds of training, counted in
 steps that every rank agrees on (rank 0's wall time per step, broadcast at checks 1, 2,
-4, 8, ...). Once a notice is known, rank 0 decides every step whether the checkpoint is due
-(`checkpoint_due`): as late as the deadline allows, so that as little as possible is
-trained after it and then lost, but early enough that one more step and the save still
-fit. Training goes on after the
-checkpoint until the node goes; then Ray Train restarts the group and the loop resumes from
-that checkpoint, at the step it was written.
+4, 8, ...). Once a notice is known, rank 0 decides every step whether a checkpoint is due
+(`checkpoint_due`): the first as late as the deadline allows, once one more step and the
+save would no longer fit. From then on until the deadline has passed (the final window)
+one is due after every step: whatever is trained after the last finished checkpoint is
+lost, so saving after each step bounds the loss to about one step even when steps are much
+shorter than the margin the deadline needs (the save estimate and SLACK_S). A save the node
+takes away half-written costs nothing that training instead would have kept: it never
+verifies, resume skips it, and the finished run prunes it. Training goes on until the node
+goes; then Ray Train restarts the group and the loop resumes from the newest checkpoint, at
+the step it was written.
 
 Two entry points: rayfleet's recipes and `session` loops call
 `session.checkpoint_if_preempted` (rayfleet checkpoint names, mid-epoch resume); a plain Ray
@@ -47,6 +51,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rayfleet.storage.checkpoints import SPEC_HASH_KEY, write_manifest
 
 # The metric that marks a report as a just-in-time checkpoint (its value: the step), so the
 # driver does not count it as a finished epoch.
@@ -102,14 +108,27 @@ def checkpoint_due(
     return left_s < step_s + save_s + slack_s
 
 
+def window_over(
+    *, now_ms: float, deadline_ms: int, step_s: float, slack_s: float = SLACK_S
+) -> bool:
+    """Whether a notice's final window has closed: its deadline passed some time ago (two
+    steps, at least the slack) and this worker group still trains, so the node was not taken
+    (a drain can be cancelled, or it spared this group); stop saving after every step."""
+    return now_ms > deadline_ms + 1000.0 * max(slack_s, 2 * step_s)
+
+
 @dataclass
 class NoticeWatch:
-    """Per worker group, on every rank: `step()` after each training step says whether the
+    """Per worker group, on every rank: `step()` after each training step says whether a
     just-in-time checkpoint is due now, with the same answer on every rank.
 
     `get_info` and `broadcast` are Ray Train's `get_preemption_info` and
     `collective.broadcast_from_rank_zero` (both collectives); `rank` decides whose clock
-    counts. A notice is acted on once; a later notice (another node, another deadline) again.
+    counts. While a notice is open, rank 0's verdict is broadcast every step: the first
+    checkpoint as late as fits, then one after every step of the final window, until the
+    window closes (`window_over`; at once after the one checkpoint of a notice without a
+    deadline). A closed notice is not acted on again; a later one (another node, another
+    deadline) is.
     """
 
     rank: int
@@ -125,6 +144,7 @@ class NoticeWatch:
     notice: Any = None
     seen: int = 0  # notices acted on or being acted on
     latest: Any = None  # the last of them
+    due_count: int = 0  # checkpoints due for the latest notice so far
     _next_check: int = _FIRST_CHECK_STEP
     _handled: set = field(default_factory=set)
     _last: float | None = None
@@ -187,21 +207,32 @@ class NoticeWatch:
             if info is None or _key(info) in self._handled:
                 return False
             self.notice, self.latest, self.seen = info, info, self.seen + 1
-        due = self.broadcast(
-            checkpoint_due(
-                now_ms=self.wall_ms(),
-                deadline_ms=self.notice.deadline_ms,
-                step_s=self.step_s,
-                save_s=self.save_s,
-            )
-            if self.rank == 0
-            else None
-        )
-        if due:
+            self.due_count = 0
+        verdict = self.broadcast(self._verdict() if self.rank == 0 else None)
+        if verdict in (_LAST, _CLOSED):
             self._handled.add(_key(self.notice))
             self.notice = None
             self._next_check = self.steps + (self.every or 1)
-        return bool(due)
+        due = verdict in (_SAVE, _LAST)
+        self.due_count += due
+        return due
+
+    def _verdict(self) -> str:
+        """Rank 0's decision for this step of an open notice."""
+        deadline_ms, now_ms = self.notice.deadline_ms, self.wall_ms()
+        if deadline_ms is None:
+            return _LAST
+        if window_over(now_ms=now_ms, deadline_ms=deadline_ms, step_s=self.step_s):
+            return _CLOSED
+        due = checkpoint_due(
+            now_ms=now_ms, deadline_ms=deadline_ms, step_s=self.step_s, save_s=self.save_s
+        )
+        return _SAVE if due else _WAIT
+
+
+# Rank 0's verdicts on an open notice: checkpoint now and keep the notice open; checkpoint
+# now and close it; not yet; close it without a checkpoint.
+_SAVE, _LAST, _WAIT, _CLOSED = "save", "last", "wait", "closed"
 
 
 def _key(info: Any) -> tuple:
@@ -248,8 +279,6 @@ def save_and_report(
     Returns the seconds it took."""
     import ray.train
 
-    from rayfleet.storage.checkpoints import write_manifest
-
     started = time.monotonic()
     metrics = {**metrics, PREEMPTION_KEY: step}
     with tempfile.TemporaryDirectory(prefix="rayfleet-jit-") as folder:
@@ -286,7 +315,6 @@ def checkpoint_if_preempted(
     watch.check_every_s = check_every_s
     if not watch.step():
         return False
-    from rayfleet.storage.checkpoints import SPEC_HASH_KEY
     from rayfleet.train import session
 
     meta: dict[str, Any] = {POSITION_KEY: {"step": watch.steps}}

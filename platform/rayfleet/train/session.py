@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayfleet.data.layout import read_info
+from rayfleet.data.shards import read_shard
 from rayfleet.storage.checkpoints import (
     SPEC_HASH_KEY,
     checkpoint_dir_name,
@@ -44,6 +46,7 @@ from rayfleet.storage.checkpoints import (
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.logs import LOGS_DIR, ship_output
 from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.train import busy
 from rayfleet.train.preemption import POSITION_KEY, NoticeWatch, describe, save_and_report
 
 _PROGRESS_INTERVAL_S = 0.5
@@ -102,6 +105,7 @@ class WorkerContext:
     _last_progress: float = 0.0
     _scratch: list = field(default_factory=list)
     _watch: NoticeWatch | None = None
+    _busy: busy.BusySampler | None = None  # this worker's busy time (rayfleet.usage)
 
     @property
     def is_leader(self) -> bool:
@@ -128,11 +132,16 @@ def context() -> WorkerContext:
     return _CTX
 
 
-def emit(event: dict[str, Any]) -> None:
-    """Send an event to the driver (fire-and-forget); a no-op without a channel."""
+def emit(event: dict[str, Any], *, wait_s: float | None = None) -> None:
+    """Send an event to the driver (fire-and-forget, or waiting up to `wait_s` for it to
+    arrive); a no-op without a channel."""
     ctx = context()
     if ctx.channel is not None:
-        ctx.channel.push.remote({"rank": ctx.rank, "at": time.time(), **event})
+        sent = ctx.channel.push.remote({"rank": ctx.rank, "at": time.time(), **event})
+        if wait_s:
+            import ray
+
+            ray.wait([sent], timeout=wait_s)
 
 
 def log(message: str) -> None:
@@ -159,8 +168,6 @@ def progress(epoch: int, step: int, steps: int, **metrics: float) -> None:
 
 def dataset_shard(split: str = "train", *, equal: bool | None = None):
     """This worker's rows of a dataset split (equal-sized for train, all rows for val)."""
-    from rayfleet.data.layout import read_info
-    from rayfleet.data.shards import read_shard
 
     ctx = context()
     if ctx.dataset_uri is None:
@@ -244,6 +251,8 @@ def report(
         stamp = {"epoch": epoch, "metrics": metrics, SPEC_HASH_KEY: ctx.spec_hash}
         write_manifest(checkpoint_dir, {**(meta or {}), **stamp})
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+    if ctx._busy is not None:  # busy time as of this epoch, ahead of its report
+        ctx._busy.report_now()
     ray.train.report(
         metrics,
         checkpoint=checkpoint,
@@ -285,8 +294,12 @@ def checkpoint_if_preempted(
         log(f"{describe(watch.latest)}; {then}")
     if not due:
         return False
-    if ctx.is_leader and watch.latest is not None and watch.latest.deadline_ms:
-        log(f"{watch.latest.deadline_ms / 1000 - time.time():.1f} s left: checkpointing now")
+    deadline_ms = watch.latest.deadline_ms if watch.latest is not None else None
+    if ctx.is_leader and deadline_ms and watch.due_count == 1:
+        log(
+            f"{deadline_ms / 1000 - time.time():.1f} s left: checkpointing now, then after "
+            "every step until the node goes"
+        )
     states = _gather(rank_state() if rank_state is not None else None)
     # A fresh token after the current one: this checkpoint sorts after the epoch's earlier
     # ones, and the epoch's own checkpoint (a newer token still) after this one.
@@ -305,7 +318,6 @@ def checkpoint_if_preempted(
     )
     watch.saved(seconds)
     if ctx.is_leader:
-        deadline_ms = watch.latest.deadline_ms if watch.latest is not None else None
         left = (
             f", {deadline_ms / 1000 - time.time():.1f} s before the deadline" if deadline_ms else ""
         )
@@ -378,15 +390,29 @@ def worker_main(config: dict[str, Any]) -> None:
     )
     _set_context(ctx)
     emit({"type": "worker", "pid": os.getpid()})
-    for path in config.get("sys_path", []):
-        if path not in sys.path and os.path.isdir(path):
-            sys.path.insert(0, path)
-    module_name, _, fn_name = config["target"].partition(":")
-    fn = getattr(importlib.import_module(module_name), fn_name)
-    logs = ctx.run_uri.join(LOGS_DIR)
+    # Busy time (rayfleet.usage): cumulative reports every few seconds and at the end.
+    sampler = (
+        busy.start(
+            lambda report, final: emit(
+                {"type": "usage", "run": config["run_uri"], **report}, wait_s=5 if final else None
+            ),
+            use_gpu=ctx.use_gpu,
+        )
+        if ctx.channel is not None
+        else None
+    )
+    ctx._busy = sampler
     try:
+        for path in config.get("sys_path", []):
+            if path not in sys.path and os.path.isdir(path):
+                sys.path.insert(0, path)
+        module_name, _, fn_name = config["target"].partition(":")
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        logs = ctx.run_uri.join(LOGS_DIR)
         with ship_output(filesystem_for(logs), logs.fs_path, f"worker-rank{ctx.rank}"):
             _install_verified_checkpoint()
             fn(ctx.config)
     finally:
+        if sampler is not None:
+            sampler.stop()
         _set_context(None)

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from rayfleet.data.layout import read_info
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.train import session
 from rayfleet.train.recipes import STATE_FILE
@@ -73,7 +74,6 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 def dataset_info():
     """This run's dataset descriptor (classes, normalization, vocabulary)."""
-    from rayfleet.data.layout import read_info
 
     uri = session.context().dataset_uri
     return read_info(filesystem_for(uri), uri)

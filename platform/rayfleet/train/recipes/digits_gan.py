@@ -32,7 +32,8 @@ resumed run ends with exactly the metrics of an uninterrupted one. Each checkpoi
 `samples.png` (10x10 grid, one row per digit), written before the manifest so it is hashed.
 
 `build_model` returns the generator: the checkpoint's `model` state is the generator's, and
-the manifest's `input` is the latent vector, so serving can later rebuild it like any recipe.
+the manifest's `signature` (`serving_signature`) says what `rayfleet serve` takes and gives:
+latents and optional labels in, images in the data's [0, 1] scale out.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rayfleet.data.layout import read_info
+from rayfleet.data.shards import read_shard
 from rayfleet.errors import SpecError
+from rayfleet.plots import _pyplot
+from rayfleet.serve.loading import load_model
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.train import session
 from rayfleet.train.recipes import STATE_FILE
@@ -198,6 +203,36 @@ def build_discriminator(config: dict) -> Discriminator:
     )
 
 
+def serving_signature(latent: int) -> dict[str, Any]:
+    """What serving takes and gives (the manifest's `signature`, see serve.loading): `latent`
+    [N, latent] FP32 and an optional `label` [N] (INT64 or INT32, 0..9; absent: row i gets
+    digit i % 10, as `Generator.forward` does) -> `image` [N, 1, 8, 8] FP32 in the data's
+    [0, 1] pixel scale (the generator's tanh [-1, 1] mapped as `to_unit` does)."""
+    return {
+        "inputs": [
+            {"name": "latent", "shape": [latent], "dtype": "float32"},
+            {
+                "name": "label",
+                "shape": [],
+                "dtype": "int64",
+                "also": ["int32"],
+                "optional": True,
+                "default": "cycle",
+                "range": [0, NUM_CLASSES - 1],
+            },
+        ],
+        "outputs": [
+            {
+                "name": "image",
+                "shape": list(IMAGE_SHAPE),
+                "dtype": "float32",
+                "range": [0.0, 1.0],
+                "module_range": [-1.0, 1.0],
+            }
+        ],
+    }
+
+
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """Generator output [-1, 1] -> the [0, 1] pixels the importer stores (and the
     classifiers were trained on)."""
@@ -310,7 +345,6 @@ def accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def load_scorer(uri: str) -> tuple[nn.Module, dict[str, Any]]:
     """A verified digits classifier checkpoint, loaded the way serving loads models (manifest
     verified, weights only); ModelLoadError or SpecError (one line) if it is not one."""
-    from rayfleet.serve.loading import load_model
 
     loaded = load_model(uri, name="scorer")
     recipe = loaded.meta.get("recipe")
@@ -331,7 +365,6 @@ def load_scorer(uri: str) -> tuple[nn.Module, dict[str, Any]]:
 def samples_png(images: torch.Tensor, per_class: int, path: Path) -> None:
     """A 10x10 grid of `images` (grouped by digit, [N, 1, 8, 8] in [0, 1]): row c shows the
     first ten samples conditioned on digit c. matplotlib's Agg backend: no display needed."""
-    from rayfleet.plots import _pyplot
 
     plt = _pyplot()
     grid = images.view(NUM_CLASSES, per_class, 8, 8)[:, :10]
@@ -377,15 +410,18 @@ def write_checkpoint(
     epoch: int,
     scorer: tuple[nn.Module, dict[str, Any]] | None,
     samples: tuple[torch.Tensor, int],
+    position: dict[str, Any] | None = None,
 ) -> None:
     """state.pt and samples.png into `folder`; `session.report` hashes both into the manifest
     after this. `model`/`optimizer` are the generator's (what serving loads, the keys every
     recipe uses), `discriminator`/`d_optimizer` the other pair; an in-run `scorer` is stored
-    so a resumed run scores with the same weights."""
+    so a resumed run scores with the same weights. `position`: a just-in-time checkpoint's
+    step in the epoch and every rank's random streams and loss sums (`ranks`)."""
     extra: dict[str, Any] = {
         "epoch": epoch,
         "discriminator": unwrap(nets.discriminator).state_dict(),
         "d_optimizer": nets.d_optimizer.state_dict(),
+        **(position or {}),
     }
     if scorer is not None:
         model, about = scorer
@@ -401,8 +437,6 @@ def write_checkpoint(
 def _all_rows(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row of `split` (not this rank's shard): the in-run scorer trains on the whole
     train split, so it does not depend on the number of workers."""
-    from rayfleet.data.layout import read_info
-    from rayfleet.data.shards import read_shard
 
     uri = session.context().dataset_uri
     fs = filesystem_for(uri)
@@ -469,16 +503,21 @@ def train_loop(config: dict) -> None:
     betas = (cfg.beta1, 0.999)
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=ctx.learning_rate, betas=betas)
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=ctx.learning_rate, betas=betas)
-    start = 0
+    nets = Networks(generator, discriminator, g_optimizer, d_optimizer)
+    start, first_step, carried = 0, 0, None
     if resume is not None:
-        Networks(generator, discriminator, g_optimizer, d_optimizer).load(stored)
-        start = resume.next_epoch
+        nets.load(stored)
+        start, first_step = resume.next_epoch, resume.first_step(ctx.world_size)
+        ranks = stored.get("ranks")  # a just-in-time checkpoint: every rank's random streams
+        if ranks and len(ranks) == ctx.world_size:
+            carried = ranks[ctx.rank]
 
     meta = {
         "recipe": RECIPE,
         "model_config": model_config,
         "input": {"shape": [cfg.latent], "dtype": "float32"},
         "output": {"shape": list(IMAGE_SHAPE), "dtype": "float32", "range": [0.0, 1.0]},
+        "signature": serving_signature(cfg.latent),
         "conditional": True,
         "num_classes": NUM_CLASSES,
         "class_names": [str(i) for i in range(NUM_CLASSES)],
@@ -491,12 +530,27 @@ def train_loop(config: dict) -> None:
         cfg.latent,
         generator=torch.Generator().manual_seed(ctx.seed + _SAMPLE_SEED_OFFSET),
     )
+    scorer_kept = None if cfg.scorer else (scorer, about)
+
+    def samples_now() -> tuple[torch.Tensor, int]:
+        """Rank 0's sample grid from the generator as it is now (for samples.png)."""
+        g = unwrap(generator).eval()
+        with torch.no_grad():
+            images = to_unit(g(sample_z.to(device), labels.to(device))).float().cpu()
+        g.train()
+        return images, cfg.samples_per_class
+
     steps = len(y_train) // ctx.batch_size
     for epoch in range(start, ctx.epochs):
         rng = seed_epoch(ctx.seed, epoch, ctx.rank)
         order = torch.randperm(len(y_train), generator=rng)
         d_sum = g_sum = 0.0
-        for step in range(steps):
+        begin = min(first_step, steps) if epoch == start else 0
+        if begin and carried is not None:  # same ranks: continue exactly where they were
+            rng.set_state(carried["generator"])
+            torch.set_rng_state(carried["rng"])
+            d_sum, g_sum = carried["d_sum"], carried["g_sum"]
+        for step in range(begin, steps):
             idx = order[step * ctx.batch_size : (step + 1) * ctx.batch_size]
             z = torch.randn(len(idx), cfg.latent, generator=rng)
             d_loss, g_loss = gan_step(
@@ -512,15 +566,33 @@ def train_loop(config: dict) -> None:
             session.progress(
                 epoch, step + 1, steps, d_loss=d_sum / (step + 1), g_loss=g_sum / (step + 1)
             )
-        d_mean, g_mean = all_reduce_sum([d_sum / max(steps, 1), g_sum / max(steps, 1)], device)
+            session.checkpoint_if_preempted(
+                lambda folder, ranks, e=epoch, s=step + 1: write_checkpoint(
+                    folder,
+                    nets,
+                    epoch=e,
+                    scorer=scorer_kept,
+                    samples=samples_now(),
+                    position={"step": s, "ranks": ranks},
+                ),
+                epoch=epoch,
+                step=step + 1,
+                rank_state=lambda g=rng, d=d_sum, gs=g_sum: {
+                    "generator": g.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "d_sum": d,
+                    "g_sum": gs,
+                },
+                meta=meta,
+            )
+        # Resumed on another world size, the epoch's losses average the steps run here.
+        counted = max(steps - begin if begin and carried is None else steps, 1)
+        d_mean, g_mean = all_reduce_sum([d_sum / counted, g_sum / counted], device)
         broadcast_buffers(generator)
         images = None
         quality = {"quality": 0.0, "label_match": 0.0, "coverage": 0.0}
         if ctx.is_leader:
-            g = unwrap(generator).eval()
-            with torch.no_grad():
-                images = to_unit(g(sample_z.to(device), labels.to(device))).float().cpu()
-            g.train()
+            images, _ = samples_now()
             quality = score(scorer, images, labels)
         keys = ("quality", "label_match", "coverage")
         shared = all_reduce_sum([quality[k] for k in keys], device)
@@ -535,9 +607,9 @@ def train_loop(config: dict) -> None:
             if keep:
                 write_checkpoint(
                     Path(folder),
-                    Networks(generator, discriminator, g_optimizer, d_optimizer),
+                    nets,
                     epoch=epoch,
-                    scorer=None if cfg.scorer else (scorer, about),
+                    scorer=scorer_kept,
                     samples=(images, cfg.samples_per_class),
                 )
             session.report(metrics, epoch=epoch, checkpoint_dir=folder if keep else None, meta=meta)

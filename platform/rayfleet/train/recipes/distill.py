@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rayfleet.compress.distill import DISTILL_KEY  # the model.config key (driver side)
+from rayfleet.serve.loading import fetch_verified, load_verified
 from rayfleet.storage.uri import parse_uri
 
 
@@ -86,7 +87,6 @@ def split_settings(
 
 def load_teacher(settings: dict[str, Any], device: torch.device) -> Teacher:
     """This rank's teacher, loaded from its verified checkpoint with serving's safe loader."""
-    from rayfleet.serve.loading import fetch_verified, load_verified
 
     uri = parse_uri(str(settings["teacher"]))
     with tempfile.TemporaryDirectory(prefix="rayfleet-teacher-") as tmp:

@@ -51,7 +51,7 @@ def timed_steps(model, optimizer, x, y, *, steps, warmup, device, mixed_precisio
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    started = None
+    started = first_step_at = None
     for i in range(warmup + steps):
         if i == warmup:
             sync()
@@ -61,6 +61,8 @@ def timed_steps(model, optimizer, x, y, *, steps, warmup, device, mixed_precisio
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if first_step_at is None:
+            first_step_at = time.time()  # wall clock: start-up benchmarks compare processes
         if on_step is not None:
             on_step(i + 1, warmup + steps, loss)
     sync()
@@ -69,6 +71,7 @@ def timed_steps(model, optimizer, x, y, *, steps, warmup, device, mixed_precisio
         "steps_per_sec": steps / elapsed,
         "samples_per_sec": steps * x.shape[0] / elapsed,
         "loss": float(loss.item()),
+        "first_step_at": first_step_at,
     }
 
 
