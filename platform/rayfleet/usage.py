@@ -24,11 +24,11 @@ requested replica time only (`DeploymentUsage`).
 The nodes say what they are: each worker reports its Ray node's accelerator type (the
 `ray.io/accelerator-type` label Ray 2.60 sets on accelerator nodes, else the
 `accelerator_type:<X>` resource it sets with it) and market (the `ray.io/market-type` label,
-`spot` or `on-demand`: not a default label, Ray sets it from the node's $RAY_NODE_MARKET_TYPE,
-KubeRay from a worker group's `labels`, `ray start --labels` by hand). What all of a run's
-workers agree on prices its GPU time (that accelerator's rate) and all of it at the spot rate
-on spot nodes; where the nodes say nothing or disagree, the price table's `accelerator` and
-`market` hold.
+`spot` or `on-demand`: not a default label; Ray sets it from the node's $RAY_NODE_MARKET_TYPE,
+which the chart sets on preemptible worker groups; custom labels may not use ray.io/).
+What all of a run's workers agree on prices its GPU time (that accelerator's rate) and all
+of it at the spot rate on spot nodes; where the nodes say nothing or disagree, the price
+table's `accelerator` and `market` hold.
 
 Cost needs a price table (`Prices`: $/CPU-hour and $/GPU-hour per accelerator type, spot and
 on-demand), from `--prices FILE` or $RAYFLEET_PRICES (the chart's `prices` value). Without one
@@ -72,7 +72,7 @@ SERVED_BASIS = (
     "when the replica is ready) and GPU utilisation x time where NVML reports it"
 )
 # What Ray 2.60 says about a node: its default accelerator label and resource, and the market
-# label (set from $RAY_NODE_MARKET_TYPE on the node, or a KubeRay worker group's `labels`).
+# label (set from $RAY_NODE_MARKET_TYPE on the node: the chart's preemptible worker groups).
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
 ACCELERATOR_RESOURCE = "accelerator_type:"
 MARKET_LABEL = "ray.io/market-type"

@@ -58,12 +58,13 @@ def _chart_groups(values: dict) -> dict[str, dict]:
     return {g["groupName"]: g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]}
 
 
-def _chart_group_labels(values: dict) -> dict[str, dict]:
-    """Each worker group's Ray node labels (KubeRay 1.7 passes `labels` to `ray start`)."""
-    from tests.k8s.conftest import chart_objects, render_chart
-
-    (cluster,) = by_kind(chart_objects(render_chart(values)), "RayCluster")
-    return {g["groupName"]: g.get("labels", {}) for g in cluster["spec"]["workerGroupSpecs"]}
+def _chart_group_env(values: dict) -> dict[str, dict]:
+    """Each worker group's Ray container environment."""
+    groups = _chart_groups(values)
+    return {
+        name: {e["name"]: e.get("value") for e in spec["containers"][0].get("env", [])}
+        for name, spec in groups.items()
+    }
 
 
 SPOT = {
@@ -100,11 +101,12 @@ def test_chart_groups_are_on_demand_unless_marked():
 
 
 def test_preemptible_groups_tell_ray_their_nodes_are_spot():
-    """The `ray.io/market-type` node label is what a run's usage reads to price its workers
-    at spot rates (rayfleet.usage.node_facts); unmarked groups say nothing (the price
-    table's market holds)."""
-    labels = _chart_group_labels({"workerGroups": {"cpu": {"preemptible": True}}})
-    assert labels["cpu"] == {"ray.io/market-type": "spot"} and labels["gpu"] == {}
+    """RAY_NODE_MARKET_TYPE=spot becomes Ray's `ray.io/market-type` node label, what a run's
+    usage reads to price its workers at spot rates (rayfleet.usage.node_facts); Ray refuses
+    custom labels under ray.io/, so it is not a KubeRay `labels` entry. Unmarked groups say
+    nothing (the price table's market holds)."""
+    env = _chart_group_env({"workerGroups": {"cpu": {"preemptible": True}}})
+    assert env["cpu"]["RAY_NODE_MARKET_TYPE"] == "spot" and "RAY_NODE_MARKET_TYPE" not in env["gpu"]
 
 
 def test_chart_refuses_an_unknown_cloud():

@@ -51,6 +51,12 @@ spec:
       env:
         - name: HOME
           value: {{ include "rayfleet.home" $root }}
+        {{- if $g.preemptible }}
+        # Ray 2.60 turns it into the node label ray.io/market-type (a custom label may not
+        # use ray.io/): run usage prices these workers at the price table's spot rates.
+        - name: RAY_NODE_MARKET_TYPE
+          value: spot
+        {{- end }}
         {{- range $name, $value := $g.env }}
         - name: {{ $name }}
           value: {{ $value | quote }}
