@@ -559,9 +559,15 @@ def merge_busy(
             log.debug("busy report skipped (%s): %s", _one_line(exc), report)
             continue
         key = (found.launch, found.rank, found.worker)
-        if key not in latest or (found.at, found.cpu_s) >= (latest[key].at, latest[key].cpu_s):
+        if _newer(found, latest.get(key)):
             latest[key] = found
     return sorted(latest.values(), key=lambda b: (b.launch, b.rank, b.at))
+
+
+def _newer(found: WorkerBusy | ReplicaBusy, kept: WorkerBusy | ReplicaBusy | None) -> bool:
+    """Whether a worker's report replaces the one kept for it: reports are cumulative, so the
+    later one (by its clock, then by CPU seconds) holds everything the earlier one did."""
+    return kept is None or (found.at, found.cpu_s) >= (kept.at, kept.cpu_s)
 
 
 def busy_sums(busy: Iterable[WorkerBusy | ReplicaBusy]) -> tuple[float | None, float | None]:
@@ -759,8 +765,7 @@ def merge_replica_busy(
         except (ValidationError, TypeError) as exc:  # another version's report: skipped
             log.debug("replica busy report skipped (%s): %s", exc, report)
             continue
-        old = latest.get(found.worker)
-        if old is None or (found.at, found.cpu_s) >= (old.at, old.cpu_s):
+        if _newer(found, latest.get(found.worker)):
             latest[found.worker] = found
     return sorted(latest.values(), key=lambda b: (b.at, b.worker))
 
