@@ -189,13 +189,17 @@ def write(
     *,
     status: str,
     busy: list[dict[str, Any]] | None = None,
+    at: float | None = None,
     **fields: Any,
 ) -> dict:
     """The driver's write: status plus `fields`; `started` and `launches` count launches.
-    `busy`: the workers' latest busy reports of this launch (usage.BusyTally)."""
+    `busy`: the workers' latest busy reports of this launch (usage.BusyTally). `at`: when
+    it happened (a write queued behind others, like a sweep's trial records, runs later:
+    the launch's start or end, which usage bills, is the event's time, not the write's)."""
 
     def change(doc: dict[str, Any]) -> None:
         stamp = now()
+        when = at if at is not None else time.time()
         if busy:
             _note_busy(doc, busy, job.name)
         if status == "RUNNING":
@@ -204,9 +208,9 @@ def write(
             doc["started"] = doc.get("started") or stamp
             for key in _LAUNCH_KEYS:
                 doc.pop(key, None)
-            _open_launch(doc, job)
+            _open_launch(doc, job, when)
         elif status in TERMINAL:
-            _close_launch(doc, job.name, time.time(), "driver")
+            _close_launch(doc, job.name, when, "driver")
         doc.update(
             name=job.name,
             kind=job.kind,
@@ -300,7 +304,7 @@ def note_busy(fs: pafs.FileSystem, run_uri: StorageURI, reports: list[dict[str, 
     return update(fs, run_uri, change)
 
 
-def _open_launch(doc: dict[str, Any], job) -> None:
+def _open_launch(doc: dict[str, Any], job, at: float) -> None:
     scaling = getattr(getattr(job, "spec", None), "scaling", None)
     if scaling is None:  # not a TrainJob: nothing it holds is known here
         return
@@ -308,7 +312,7 @@ def _open_launch(doc: dict[str, Any], job) -> None:
     launches.append(
         usage.LaunchUsage(
             launch=doc["launches"],
-            started=time.time(),
+            started=at,
             workers=scaling.num_workers,
             min_workers=scaling.min_workers if scaling.elastic else None,
             cpus_per_worker=scaling.cpus_per_worker,

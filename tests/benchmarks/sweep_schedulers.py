@@ -3,7 +3,9 @@
 Both sweeps sample the same configurations (same search seed, same numSamples) from the
 shipped digits sweep's space, one DDP worker per trial, two trials at a time; only the
 scheduler differs. Reported: epochs trained, best validation accuracy, wall time, and the
-ratios. Target: ASHA trains >= 3x fewer epochs with best accuracy within 0.01.
+ratios. Targets: ASHA trains >= 3x fewer epochs with best accuracy within 0.01, and its
+wall-time gain is within 20% of that epoch gain (trial start-up is what eats it: the
+sweep's `trialLaunch` decides whether a trial starts a Ray Train run of its own).
 
     python tests/benchmarks/sweep_schedulers.py [--samples 16] [--epochs 9]
 """
@@ -78,9 +80,14 @@ def main() -> int:
         "best_accuracy_gap": round(fifo["best_val_accuracy"] - asha["best_val_accuracy"], 4),
         "wall_speedup_x": round(fifo["wall_s"] / asha["wall_s"], 2),
     }
+    # How much of the epoch gain reaches the wall clock (start-up and bookkeeping per trial
+    # do not shrink with the epochs ASHA saves).
+    summary["wall_of_epoch_gain"] = round(summary["wall_speedup_x"] / summary["epoch_savings_x"], 2)
     print(json.dumps(summary, indent=2))
     ok = summary["epoch_savings_x"] >= 3 and summary["best_accuracy_gap"] <= 0.01
     print("target (>= 3x fewer epochs, best within 0.01):", "met" if ok else "NOT met")
+    ok = summary["wall_of_epoch_gain"] >= 0.8
+    print("target (wall-time gain within 20% of the epoch gain):", "met" if ok else "NOT met")
     return 0
 
 

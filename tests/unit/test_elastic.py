@@ -87,10 +87,10 @@ def test_batch_is_per_worker_and_the_rate_is_not_rescaled_across_resizes():
     """The convention the README states: each worker takes `batchSize` rows a step, so the
     global batch is batchSize x the current world size and an epoch of a smaller group takes
     more steps; the learning rate every worker gets is the spec's, whatever the size."""
-    from rayfleet.train.launcher import _train_config
+    from rayfleet.train.launcher import train_config
 
     job = load_spec(DIGITS, ["spec.scaling.minWorkers=1"])
-    config = _train_config(job, None, [], job.run_uri())
+    config = train_config(job, None, [], job.run_uri())
     assert config["learning_rate"] == job.spec.run.learning_rate
     assert config["batch_size"] == job.spec.run.batch_size
     rows, batch = 1437, config["batch_size"]

@@ -195,14 +195,15 @@ def start(
 
 
 def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Output, prices) -> None:
-    from rayfleet.tune.runner import run_sweep
+    from rayfleet.tune.runner import run_sweep, trials_in_process
 
     s = sweep.spec
     progress = progress_console(output)
+    launch = "in the trial's process" if trials_in_process(prep) else "a Ray Train run each"
     progress.print(
         f"[bold]{sweep.name}[/]: {s.num_samples} trial(s) of {prep.base.name} "
-        f"({s.search.algorithm} search, {s.scheduler.type} scheduler, {s.mode} {s.metric}) "
-        f"-> {prep.uri}",
+        f"({s.search.algorithm} search, {s.scheduler.type} scheduler, {s.mode} {s.metric}; "
+        f"{launch}) -> {prep.uri}",
         highlight=False,
     )
     with stdout_for_json(output), _LiveTable(progress) as view:

@@ -151,6 +151,14 @@ class SweepJobSpec(SpecModel):
         le=100,
         description="Relaunches of an errored trial before it counts as failed.",
     )
+    trial_launch: Literal["auto", "rayTrain"] = Field(
+        default="auto",
+        description="auto: a trial of one worker (a fixed count, scaling not searched) trains "
+        "in its Tune trial's own process, which Tune reuses for the next trial (no Ray Train "
+        "controller or worker group to start); larger trials each get a Ray Train run. "
+        "rayTrain: every trial its own Ray Train run (worker-group restarts on a lost node, "
+        "preemption notices).",
+    )
     driver: DriverSpec = Field(default_factory=DriverSpec)
     scheduling: SchedulingSpec = Field(
         default_factory=SchedulingSpec, description="Kueue queue and priority of the RayJob."

@@ -273,6 +273,26 @@ def prune(
     return deleted
 
 
+def upload(local_dir: str | Path, fs: pafs.FileSystem, path: str, meta: dict[str, Any]) -> None:
+    """Persist a local checkpoint folder at `path`, its manifest last: an upload cut short
+    leaves a folder without one, which never verifies. A folder that has no manifest yet (a
+    plain Ray Train loop's) gets one hashed from the stored files, as `stamp_persisted` does
+    for the checkpoints Ray Train persists; `meta` is that manifest's meta."""
+    root = Path(local_dir)
+    local = isinstance(fs, pafs.LocalFileSystem)  # (object stores have no folders to make)
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        target = f"{path}/{file.relative_to(root).as_posix()}"
+        if local:
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with file.open("rb") as src, fs.open_output_stream(target) as dst:
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
+    if (root / MANIFEST).is_file():
+        write_bytes(fs, f"{path}/{MANIFEST}", (root / MANIFEST).read_bytes())
+    else:
+        stamp_persisted(fs, path, meta)
+
+
 def download_verified(fs: pafs.FileSystem, path: str, local_dir: str | Path) -> dict[str, Any]:
     """Copy a checkpoint to `local_dir` and verify the local copy; returns its manifest.
 

@@ -172,7 +172,7 @@ class _Poller(threading.Thread):
         self._safe_flush()
 
 
-def _train_config(
+def train_config(
     job: TrainJob, channel, sys_path: list[str], run_uri: StorageURI
 ) -> dict[str, Any]:
     """The plain-data config every worker's `session.worker_main` receives."""
@@ -224,7 +224,7 @@ def build_trainer(
     spec = job.spec
     run_uri = run_uri or job.run_uri()
     parent, _, name = run_uri.fs_path.rpartition("/")
-    config = _train_config(job, channel, sys_path or [], run_uri)
+    config = train_config(job, channel, sys_path or [], run_uri)
     resources = {"CPU": spec.scaling.cpus_per_worker}
     wait = waiting.wait_bound(spec.failure.replacement_wait_seconds)
     waiting.apply(wait)

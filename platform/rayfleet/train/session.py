@@ -351,17 +351,22 @@ def _install_verified_checkpoint() -> None:
     stamped, would be loaded as is. So before the loop runs, rayfleet resolves the newest
     checkpoint that verifies (saying which it skipped), copies it to local disk, verifies
     the copy and puts that in the worker's train context, or None when nothing verifies.
-    Ray 2.60 has no public setter, hence the one write to its TrainContext here.
+    Ray 2.60 has no public setter, hence the one write to its TrainContext here (an
+    in-process run's utilities take it through their own setter).
     """
     from ray.train import Checkpoint
     from ray.train.v2._internal.execution.context import get_train_context
+    from ray.train.v2._internal.execution.train_fn_utils import get_train_fn_utils
 
     resume = resume_checkpoint()
+    checkpoint = Checkpoint.from_directory(str(resume.path)) if resume is not None else None
+    utils = get_train_fn_utils()
+    if hasattr(utils, "resume_from"):  # a loop trained in-process (train.inprocess)
+        utils.resume_from(checkpoint, resume.next_epoch if resume is not None else None)
+        return
     train_context = get_train_context()
     with train_context.report_order_condition:
-        train_context.checkpoint = (
-            Checkpoint.from_directory(str(resume.path)) if resume is not None else None
-        )
+        train_context.checkpoint = checkpoint
 
 
 def worker_main(config: dict[str, Any]) -> None:

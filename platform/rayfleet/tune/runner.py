@@ -25,6 +25,7 @@ from rayfleet.errors import SpecError, WorkFailedError
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.lease import Lease
 from rayfleet.storage.uri import parse_uri
+from rayfleet.train.inprocess import runs_in_process
 from rayfleet.train.launcher import busy_channel, check_inputs
 from rayfleet.tune import results, tracking
 from rayfleet.tune.replay import Launch, plan_fresh, plan_resume
@@ -47,6 +48,18 @@ class SweepResult:
 def trial_cpus_gpus(prep: PreparedSweep) -> tuple[float, float]:
     scaling = prep.base.spec.scaling
     return scaling.num_workers * scaling.cpus_per_worker, scaling.num_workers * scaling.gpus
+
+
+def trials_in_process(prep: PreparedSweep) -> bool:
+    """Whether the trials train in their Tune trials' own processes (train.inprocess): one
+    fixed worker each, the same for every trial (no scaling.* key searched), unless the
+    sweep asks for a Ray Train run per trial."""
+    spec = prep.sweep.spec
+    return (
+        spec.trial_launch == "auto"
+        and runs_in_process(prep.base)
+        and not any(key.startswith("scaling.") for key in spec.search_space)
+    )
 
 
 def default_concurrency(prep: PreparedSweep) -> int:
@@ -252,6 +265,8 @@ def _tune(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, ch
     # Tune's newer console output prints its own banners even at verbose=0; rayfleet
     # draws the table, so take the legacy reporter, which verbose=0 silences.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    in_process = trials_in_process(prep)
+    cpus, gpus = trial_cpus_gpus(prep)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
@@ -259,10 +274,12 @@ def _tune(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, ch
             sweep_uri=str(prep.uri),
             sys_path=list(sys_path or []),
             channel=channel,
+            in_process=in_process,
         ),
-        # The trial itself only drives its Train run, whose workers Ray Train places in
-        # a placement group of their own; Tune needs a non-empty request, so a token one.
-        {"cpu": 0, "memory": 2**20},
+        # In process, the trial is the worker and asks for its resources. Otherwise it only
+        # drives its Train run, whose workers Ray Train places in a placement group of their
+        # own; Tune needs a non-empty request, so a token one.
+        {"cpu": cpus, "gpu": gpus} if in_process else {"cpu": 0, "memory": 2**20},
     )
     concurrency = default_concurrency(prep)
     spec = prep.sweep.spec
@@ -278,6 +295,9 @@ def _tune(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, ch
             # BasicVariantGenerator got it already; Tune warns if told twice.
             max_concurrent_trials=concurrency if spec.search.algorithm == "tpe" else None,
             trial_dirname_creator=lambda trial: trial.trial_id,
+            # An in-process trial's actor has torch and the loop imported: the next trial
+            # starts in it (the trials ask for the same resources).
+            reuse_actors=in_process,
         ),
         run_config=tune.RunConfig(
             name=f"launch-{launch.number:03d}-{secrets.token_hex(3)}",

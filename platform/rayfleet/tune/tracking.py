@@ -22,6 +22,7 @@ plain data and find the driver's live state in `_LIVE`, by sweep URI (as runner'
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -179,7 +180,10 @@ class SweepRecorder(Callback):
             log.warning("trial %s: no run record: %s", trial_id, exc)
             return
         live.jobs[trial_id] = job
-        self._record(live, trial_id, lambda fs, uri: record.write(fs, uri, job, status="RUNNING"))
+        at = time.time()  # (the write is queued: it may run later)
+        self._record(
+            live, trial_id, lambda fs, uri: record.write(fs, uri, job, status="RUNNING", at=at)
+        )
         if live.tracker is not None:
             spec = job.model_dump(mode="json", by_alias=True)["spec"]
             spec.pop("tracking", None)
@@ -243,11 +247,12 @@ class SweepRecorder(Callback):
             state, status = "STOPPED", "STOPPED"  # ended early by the scheduler (ASHA, median)
         if job is not None:
             fields: dict[str, Any] = {"error": error} if error else {}
+            at = time.time()
             self._record(
                 live,
                 trial_id,
                 lambda fs, uri: record.write(
-                    fs, uri, job, status=status, busy=live.reports(uri), **fields
+                    fs, uri, job, status=status, busy=live.reports(uri), at=at, **fields
                 ),
             )
         if live.tracker is None:

@@ -3,7 +3,10 @@
 This is Ray's Train-V2-in-Tune shape: the Tune trial is a light driver that builds a
 `TorchTrainer` for its sampled config and calls `fit()`; Ray Train places the workers in a
 placement group of its own, and a callback forwards rank 0's epoch reports to Tune, where
-the scheduler (ASHA, median stopping) may end the trial early.
+the scheduler (ASHA, median stopping) may end the trial early. A trial of one worker skips
+all that when the sweep lets it (`trialLaunch: auto`, see tune.runner.trials_in_process):
+its loop trains in the trial's own process (train.inprocess), which Tune reuses for the
+next trial, and its reports go to Tune in the same shape.
 
 Each trial's run lives at `<sweep>/<trial_id>/train`, so it writes verified checkpoints
 exactly like `rayfleet run`, and a restarted trial (sweep resumed after its driver died)
@@ -74,9 +77,12 @@ def run_trial(
     sweep_uri: str,
     sys_path: list[str],
     channel: Any = None,
+    in_process: bool = False,
 ) -> None:
     """The Tune trainable: train the base TrainJob with this trial's sampled values.
-    `channel`: the sweep driver's progress channel (its workers' busy time), or None."""
+    `channel`: the sweep driver's progress channel (its workers' busy time), or None;
+    `in_process`: train the one-worker loop in this trial's own process (train.inprocess)
+    instead of a Ray Train run of its own."""
     from ray import tune
 
     from rayfleet.train.launcher import build_trainer, fit_with_retries
@@ -95,6 +101,9 @@ def run_trial(
         print(f"[{trial_id}] {event.get('message', event)}", flush=True)
 
     next_epoch = ref.epoch + 1 if ref is not None else 0
+    if in_process:
+        _train_in_process(job, run_uri, channel, sys_path, next_epoch, log)
+        return
     _, error = fit_with_retries(
         job,
         lambda: build_trainer(
@@ -109,6 +118,27 @@ def run_trial(
     )
     if error is not None:
         raise error
+
+
+def _train_in_process(job: TrainJob, run_uri: StorageURI, channel, sys_path, next_epoch, log):
+    """The trial's one worker, here: each report goes to Tune as the Ray Train path's
+    callback sends it (metrics, epochs done, the persisted checkpoint's path)."""
+    from ray import tune
+
+    from rayfleet.train.inprocess import run_in_process
+    from rayfleet.train.launcher import train_config
+
+    def reported(metrics: dict[str, Any], epoch: int, path: str | None) -> None:
+        tune.report({**metrics, EPOCHS_DONE: epoch + 1, **({CHECKPOINT_KEY: path} if path else {})})
+
+    run_in_process(
+        job,
+        train_config(job, channel, sys_path, run_uri),
+        run_uri=run_uri,
+        next_epoch=next_epoch,
+        on_report=reported,
+        notify=lambda message: log({"message": message}),
+    )
 
 
 def _report_finished(job: TrainJob, ref: CheckpointRef | None) -> bool:
