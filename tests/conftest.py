@@ -42,7 +42,29 @@ def ray_local(s3):
         _system_config=EMBEDDED_RAY_CONFIG,
     )
     yield
+    _shutdown_ray_and_its_processes(ray)
+
+
+def _shutdown_ray_and_its_processes(ray) -> None:
+    """ray.shutdown(), then end whatever of this session's Ray outlived it. A Train
+    controller actor was once left running, re-parented to init, after the raylet that
+    started it was gone; these are processes this test session started (its descendants
+    when Ray went down), ended by PID."""
+    import sys
+
+    import psutil
+
+    ours = psutil.Process().children(recursive=True)
     ray.shutdown()
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    for proc in alive:
+        try:
+            print(
+                f"ending pid {proc.pid} ({proc.name()}), left by the session's Ray", file=sys.stderr
+            )
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 @pytest.fixture(scope="session")

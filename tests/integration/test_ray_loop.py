@@ -143,30 +143,43 @@ def test_a_loop_that_reports_no_checkpoint_succeeds_and_says_so(ray_local):
     assert "no checkpoint reported: nothing to resume from" in events.logs()
 
 
-@pytest.mark.slow  # ~70 s; the sweep path is the one test_sweep.py covers, with one hook more
-def test_a_sweep_over_the_plain_loop_optimises_what_it_reports(s3):
-    """jobs/ray-loop/sweep.yaml through the CLI (its own embedded Ray): the loop's own
-    val_accuracy is the sweep metric and best.json names a verified checkpoint holding it."""
+def _sweep_cli(*overrides: str) -> str:
+    """jobs/ray-loop/sweep.yaml through the CLI (its own embedded Ray); its output."""
     import subprocess
     import sys
 
-    from rayfleet.storage.uri import parse_uri
-    from rayfleet.tune import results
-
     env = {**os.environ, "RAYFLEET_STORAGE": f"s3://{BUCKET}"}
+    command = [sys.executable, "-m", "rayfleet", "sweep", str(SPEC.parent / "sweep.yaml")]
     proc = subprocess.run(
-        [sys.executable, "-m", "rayfleet", "sweep", str(SPEC.parent / "sweep.yaml")],
+        [*command, *(f"--set={o}" for o in overrides)],
         capture_output=True,
         text=True,
         env=env,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    sweep = parse_uri(f"s3://{BUCKET}/sweeps/ray-loop-sweep")
-    table, best = results.require_results(sweep, "ray-loop-sweep")
-    assert [t.state for t in table.trials] == ["DONE", "DONE"]
-    assert all(t.epochs_done == 2 and t.value is not None for t in table.trials), table
-    check = verify(filesystem_for(sweep), parse_uri(best.checkpoint).fs_path)
-    assert check.ok, check.reason
-    assert check.manifest["meta"]["metrics"]["val_accuracy"] == best.value
-    assert best.value == max(t.value for t in table.trials)
+    return proc.stdout
+
+
+def test_a_sweep_over_the_plain_loop_optimises_what_it_reports_in_process_or_not(s3):
+    """The loop's own val_accuracy is the sweep metric and best.json names a verified
+    checkpoint holding it, whether the one-worker trials train in their Tune trials' own
+    processes (trialLaunch: auto) or each in a Ray Train run (rayTrain): the same numbers."""
+    from rayfleet.storage.uri import parse_uri
+    from rayfleet.tune import results
+
+    values = {}
+    for launch, said in (("auto", "in the trial's process"), ("rayTrain", "a Ray Train run each")):
+        name = f"ray-loop-sweep-{launch.lower()}"
+        out = _sweep_cli(f"metadata.name={name}", f"spec.trialLaunch={launch}")
+        assert said in " ".join(out.split()), out[:400]  # the first line (it may wrap)
+        sweep = parse_uri(f"s3://{BUCKET}/sweeps/{name}")
+        table, best = results.require_results(sweep, name)
+        assert [t.state for t in table.trials] == ["DONE", "DONE"]
+        assert all(t.epochs_done == 2 and t.value is not None for t in table.trials), table
+        check = verify(filesystem_for(sweep), parse_uri(best.checkpoint).fs_path)
+        assert check.ok, check.reason
+        assert check.manifest["meta"]["metrics"]["val_accuracy"] == best.value
+        assert best.value == max(t.value for t in table.trials)
+        values[launch] = sorted((t.params["model.config.lr"], t.value) for t in table.trials)
+    assert values["auto"] == values["rayTrain"]

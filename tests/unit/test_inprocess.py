@@ -61,7 +61,7 @@ LOOP = textwrap.dedent(
 )
 
 
-def _job(tmp_path: Path, *, keep: int = 5, max_failures: int = 1, **config):
+def _job(tmp_path: Path, *, keep: int = 5, **config):
     (tmp_path / "user_loop.py").write_text(LOOP)
     run = tmp_path / "store" / "runs" / "loop"
     doc = {
@@ -81,24 +81,31 @@ def _job(tmp_path: Path, *, keep: int = 5, max_failures: int = 1, **config):
             "storage": str(tmp_path / "store"),
             "scaling": {"numWorkers": 1},
             "checkpoint": {"keep": keep},
-            "failure": {"maxFailures": max_failures},
         },
     }
     job = parse_spec(doc)
     return job, parse_uri(str(run))
 
 
-def _train(tmp_path, job, run_uri):
-    reports, notes = [], []
-    attempts = run_in_process(
-        job,
-        train_config(job, None, [str(tmp_path)], run_uri),
-        run_uri=run_uri,
-        next_epoch=0,
-        on_report=lambda metrics, epoch, path: reports.append((epoch, metrics["total"], path)),
-        notify=notes.append,
-    )
-    return attempts, reports, notes
+def _train(tmp_path, job, run_uri, *, attempts: int = 1):
+    """run_in_process, started again after a failure up to `attempts` times in all (what
+    Tune does with an errored trial); the reports of every attempt."""
+    reports = []
+    for attempt in range(attempts):
+        ref, _ = newest_verified(filesystem_for(run_uri), run_uri.fs_path)
+        try:
+            run_in_process(
+                job,
+                train_config(job, None, [str(tmp_path)], run_uri),
+                run_uri=run_uri,
+                next_epoch=ref.epoch + 1 if ref is not None else 0,  # as tune.trial does
+                on_report=lambda m, epoch, path: reports.append((epoch, m["total"], path)),
+            )
+            return reports
+        except RuntimeError:
+            if attempt + 1 == attempts:
+                raise
+    return reports
 
 
 def _manifest_meta(path: str) -> dict:
@@ -107,8 +114,7 @@ def _manifest_meta(path: str) -> dict:
 
 def test_every_report_is_persisted_stamped_and_counted_as_an_epoch(tmp_path):
     job, run_uri = _job(tmp_path)
-    attempts, reports, _ = _train(tmp_path, job, run_uri)
-    assert attempts == 1
+    reports = _train(tmp_path, job, run_uri)
     assert [(e, t) for e, t, _ in reports] == [(0, 1.0), (1, 3.0), (2, 6.0), (3, 10.0)]
     fs = filesystem_for(run_uri)
     for epoch, total, path in reports:
@@ -120,25 +126,26 @@ def test_every_report_is_persisted_stamped_and_counted_as_an_epoch(tmp_path):
     assert ref.path == reports[-1][2] and ref.epoch == 3 and not skipped
 
 
-def test_a_failed_loop_restarts_from_the_newest_verified_checkpoint(tmp_path):
+def test_a_failed_loop_started_again_resumes_from_the_newest_verified_checkpoint(tmp_path):
     job, run_uri = _job(tmp_path, fail_after=1)
-    attempts, reports, notes = _train(tmp_path, job, run_uri)
-    assert attempts == 2 and "worker lost" in notes[0] and "retry 1 of 1" in notes[0]
+    reports = _train(tmp_path, job, run_uri, attempts=2)
     # Epochs 0 and 1, then the restart resumes after epoch 1: same totals as uninterrupted.
     assert [(e, t) for e, t, _ in reports] == [(0, 1.0), (1, 3.0), (2, 6.0), (3, 10.0)]
 
 
 def test_a_truncated_newest_checkpoint_is_skipped_on_restart(tmp_path):
     job, run_uri = _job(tmp_path, fail_after=1, truncate=True)
-    _, reports, _ = _train(tmp_path, job, run_uri)
+    reports = _train(tmp_path, job, run_uri, attempts=2)
     # Epoch 1's checkpoint no longer verifies: the restart resumes from epoch 0's.
     assert [(e, t) for e, t, _ in reports] == [(0, 1.0), (1, 3.0), (1, 3.0), (2, 6.0), (3, 10.0)]
 
 
-def test_failures_past_max_failures_raise_the_loops_error(tmp_path):
-    job, run_uri = _job(tmp_path, fail_after=0, max_failures=0)
+def test_a_failed_loop_raises_its_error_and_still_prunes(tmp_path):
+    job, run_uri = _job(tmp_path, fail_after=2, keep=1)
     with pytest.raises(RuntimeError, match="worker lost"):
         _train(tmp_path, job, run_uri)
+    kept = list_checkpoints(filesystem_for(run_uri), run_uri.fs_path)
+    assert len(kept) == 1 and _manifest_meta(kept[0][1])["epoch"] == 2
 
 
 def test_tunes_stop_is_not_a_failure_and_checkpoint_keep_holds(tmp_path):
@@ -185,3 +192,19 @@ def test_only_a_fixed_single_worker_runs_in_process(scaling, expected):
     doc = yaml.safe_load((REPO / "jobs" / "digits" / "train.yaml").read_text())
     doc["spec"]["scaling"] = scaling
     assert runs_in_process(parse_spec(doc)) is expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "relaunches"),
+    [({}, 3), ({"maxTrialFailures": 1}, 7), ({"trialLaunch": "rayTrain"}, 0)],
+    ids=["in-process", "in-process-with-trial-failures", "ray-train"],
+)
+def test_tune_relaunches_an_in_process_trial_as_often_as_its_run_would_restart(changes, relaunches):
+    """The digits TrainJob allows 3 worker failures (failure.maxFailures default): in
+    process, Tune makes those restarts (a lost node kills the trial's own process)."""
+    from rayfleet.tune.runner import trial_relaunches, trials_in_process
+
+    sweep = parse_spec(_sweep_doc(**changes), source="sweep.yaml")
+    prep = prepare(sweep, source_dir=REPO / "jobs" / "digits")
+    assert prep.base.spec.failure.max_failures == 3
+    assert trial_relaunches(prep, trials_in_process(prep)) == relaunches

@@ -15,12 +15,13 @@ rayfleet needs, so the guarantees hold as under Ray Train:
   give it, its manifest last (`checkpoints.upload`; a plain Ray Train loop's gets one
   hashed from the stored files, as `train.reporting` stamps them under Ray Train);
 - `ray.train.get_checkpoint()` and `session.resume_checkpoint()` hand the newest *verified*
-  checkpoint, and a loop that fails is started again from it, up to `failure.maxFailures`
-  times, as Ray Train restarts a worker group;
+  checkpoint, so a loop started again after a failure continues from it, as after Ray
+  Train's worker-group restart (a sweep's Tune relaunches a failed trial up to
+  `failure.maxFailures` more times than its `maxTrialFailures`: see tune.runner);
 - every report reaches `on_report` with its epoch counted as `train.reporting` counts it.
 
 What it does not do: elastic scaling (one worker) and preemption notices (Ray Train's drain
-watcher is not running; a preempted trial fails and Tune retries it from its newest
+watcher is not running; a preempted trial fails and Tune relaunches it, from its newest
 verified checkpoint).
 """
 
@@ -45,6 +46,7 @@ from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train.preemption import PREEMPTION_KEY
 from rayfleet.train.reporting import EPOCH_KEY, report_epoch
+from rayfleet.train.session import worker_main
 
 log = logging.getLogger(__name__)
 
@@ -127,40 +129,31 @@ def run_in_process(
     run_uri: StorageURI,
     next_epoch: int,
     on_report: ReportHandler,
-    notify: Callable[[str], None],
-) -> int:
-    """Train `job`'s loop here (`config`: what `session.worker_main` takes); returns the
-    attempts it took. A loop that raises is started again from the newest verified
-    checkpoint, up to failure.maxFailures times; then the last error is raised. Tune's
-    stop (SystemExit from `tune.report`) is not a failure and ends it at once. Checkpoints
-    past checkpoint.keep are pruned when the loop is over, however it ended."""
-    from rayfleet.train.session import worker_main
-
-    attempts = 0
-    reports: InProcessReports | None = None
+) -> None:
+    """Train `job`'s loop here once (`config`: what `session.worker_main` takes), resuming
+    from the run's newest verified checkpoint. Its error, if any, is raised: the caller
+    starts it again (a sweep: Tune relaunches the trial, also when its process or node
+    died, failure.maxFailures more times than the sweep's maxTrialFailures), which resumes
+    from the newest verified checkpoint as Ray Train's worker-group restart does. Tune's
+    stop (SystemExit from `tune.report`) ends it the same way. Checkpoints past
+    checkpoint.keep are pruned when the loop is over, however it ended."""
+    reports = InProcessReports(
+        run_uri=run_uri, spec_hash=job.spec_hash(), next_epoch=next_epoch, on_report=on_report
+    )
     try:
-        while True:
-            attempts += 1
-            reports = InProcessReports(
-                run_uri=run_uri,
-                spec_hash=job.spec_hash(),
-                next_epoch=reports.next_epoch if reports else next_epoch,
-                on_report=on_report,
-            )
-            try:
-                with _ray_train_answers(reports):
-                    worker_main(config)
-                return attempts
-            except Exception as exc:  # noqa: BLE001 - the loop's own failure: retried, as Ray Train does
-                if attempts > job.spec.failure.max_failures:
-                    raise
-                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc)
-                notify(
-                    f"the loop failed ({first}); starting it again from the newest verified "
-                    f"checkpoint (retry {attempts} of {job.spec.failure.max_failures})"
-                )
+        with _ray_train_answers(reports):
+            worker_main(config)
     finally:
         _prune(job, run_uri, reports)
+
+
+def _prune(job: TrainJob, run_uri: StorageURI, reports: InProcessReports) -> None:
+    """checkpoint.keep, as Ray Train's num_to_keep keeps it (and torn folders cleared)."""
+    protect = (reports.persisted,) if reports.persisted else ()
+    try:
+        prune(filesystem_for(run_uri), run_uri.fs_path, job.spec.checkpoint.keep, protect=protect)
+    except OSError as exc:
+        log.warning("could not prune %s: %s", run_uri, exc)
 
 
 @contextmanager
@@ -169,8 +162,8 @@ def _ray_train_answers(reports: InProcessReports) -> Iterator[None]:
     `reports`. Ray 2.60 refuses those calls inside a Tune function (it tells Tune users to
     call `ray.tune` instead), judging by the Tune session's `world_rank` being None: a loop
     written for Ray Train would fail in-process. So the session counts as rank 0 of a
-    training run for that time; nothing else reads that field in Train V2 (the test
-    test_inprocess pins this behaviour of Ray's)."""
+    training run for that time; nothing else reads that field in Train V2 (the sweep tests
+    over jobs/ray-loop, a plain Ray Train loop, fail if Ray changes this)."""
     from ray.train._internal.session import get_session
 
     tune_session = get_session()
@@ -184,12 +177,3 @@ def _ray_train_answers(reports: InProcessReports) -> Iterator[None]:
         if tune_session is not None:
             tune_session.world_rank = rank
         set_train_fn_utils(None)
-
-
-def _prune(job: TrainJob, run_uri: StorageURI, reports: InProcessReports | None) -> None:
-    """checkpoint.keep, as Ray Train's num_to_keep keeps it (and torn folders cleared)."""
-    protect = (reports.persisted,) if reports is not None and reports.persisted else ()
-    try:
-        prune(filesystem_for(run_uri), run_uri.fs_path, job.spec.checkpoint.keep, protect=protect)
-    except OSError as exc:
-        log.warning("could not prune %s: %s", run_uri, exc)

@@ -62,6 +62,19 @@ def trials_in_process(prep: PreparedSweep) -> bool:
     )
 
 
+def trial_relaunches(prep: PreparedSweep, in_process: bool) -> int:
+    """How often Tune relaunches an errored trial: maxTrialFailures, plus, for a trial that
+    trains in its own process, the TrainJob's failure.maxFailures: the restarts its Ray
+    Train run would have made itself (after a lost node, too). Either way a failing loop
+    gets (maxFailures + 1) x (maxTrialFailures + 1) attempts at most, each resuming from
+    the newest verified checkpoint."""
+    relaunches = prep.sweep.spec.max_trial_failures
+    if in_process:
+        failures = prep.base.spec.failure.max_failures
+        relaunches = (failures + 1) * (relaunches + 1) - 1
+    return relaunches
+
+
 def default_concurrency(prep: PreparedSweep) -> int:
     """As many trials as the cluster's CPUs and GPUs hold at once (at least one)."""
     import ray
@@ -303,7 +316,7 @@ def _tune(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, ch
             name=f"launch-{launch.number:03d}-{secrets.token_hex(3)}",
             storage_path=prep.uri.join(TUNE_DIR).fs_path,
             storage_filesystem=filesystem_for(prep.uri),
-            failure_config=tune.FailureConfig(max_failures=spec.max_trial_failures),
+            failure_config=tune.FailureConfig(max_failures=trial_relaunches(prep, in_process)),
             callbacks=[TableCallback(prep, launch), *tracking.callbacks(prep, launch.number)],
             verbose=0,
         ),

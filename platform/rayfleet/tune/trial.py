@@ -102,7 +102,7 @@ def run_trial(
 
     next_epoch = ref.epoch + 1 if ref is not None else 0
     if in_process:
-        _train_in_process(job, run_uri, channel, sys_path, next_epoch, log)
+        _train_in_process(job, run_uri, channel, sys_path, next_epoch)
         return
     _, error = fit_with_retries(
         job,
@@ -120,7 +120,7 @@ def run_trial(
         raise error
 
 
-def _train_in_process(job: TrainJob, run_uri: StorageURI, channel, sys_path, next_epoch, log):
+def _train_in_process(job: TrainJob, run_uri: StorageURI, channel, sys_path, next_epoch):
     """The trial's one worker, here: each report goes to Tune as the Ray Train path's
     callback sends it (metrics, epochs done, the persisted checkpoint's path)."""
     from ray import tune
@@ -137,7 +137,6 @@ def _train_in_process(job: TrainJob, run_uri: StorageURI, channel, sys_path, nex
         run_uri=run_uri,
         next_epoch=next_epoch,
         on_report=reported,
-        notify=lambda message: log({"message": message}),
     )
 
 
