@@ -334,3 +334,84 @@ def test_a_bad_value_deep_in_a_large_csv_fails_after_streaming_and_cleans_up(tmp
     assert result.exit_code == 2 and "oops" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "ds").exists()
+
+
+def test_reading_stays_a_few_batches_ahead_of_a_slow_writer():
+    """Batches are parsed on a background thread at most READ_AHEAD ahead of the caller, so
+    memory does not depend on how much faster reading is than writing; order is kept, a
+    reader error arrives after the batches before it, and stopping early stops the reader."""
+    import threading
+    import time
+
+    from rayfleet.data.tables import READ_AHEAD, _read_ahead
+
+    produced = []
+
+    def source(n, fail_at=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise OSError("disk went away")
+                produced.append(i)
+                yield i
+        finally:
+            produced.append("closed")
+
+    seen, lead = [], 0
+    for item in _read_ahead(source(40), READ_AHEAD):
+        time.sleep(0.002)  # a writer slower than the reader
+        seen.append(item)
+        lead = max(lead, len(produced) - len(seen))
+    assert seen == list(range(40)) and produced[-1] == "closed"
+    assert lead <= READ_AHEAD + 1  # the queue, plus the batch the reader holds
+
+    produced.clear()
+    got = []
+    with pytest.raises(OSError, match="disk went away"):
+        for item in _read_ahead(source(10, fail_at=6), READ_AHEAD):
+            got.append(item)
+    assert got == list(range(6))
+
+    produced.clear()
+    batches = _read_ahead(source(1000), READ_AHEAD)
+    assert next(batches) == 0
+    batches.close()  # the caller stopped (a bad row): the reader stops and closes its file
+    assert produced[-1] == "closed" and len(produced) <= READ_AHEAD + 3
+    assert not [t for t in threading.enumerate() if t.name == "rayfleet-read-ahead"]
+
+
+def test_a_csv_folder_reads_like_one_file_and_names_a_broken_part(tmp_path):
+    """Parts are read in name order with the first part's column types: the same rows in
+    one file or in three give the same dataset. A broken part is named in the error."""
+    df = frame(900)
+    df.to_csv(tmp_path / "whole.csv", index=False)
+    (tmp_path / "parts").mkdir()
+    for i in range(3):
+        df.iloc[i * 300 : (i + 1) * 300].to_csv(tmp_path / "parts" / f"p{i}.csv", index=False)
+    imported(tmp_path / "whole.csv", tmp_path / "one", "--label", "species")
+    imported(tmp_path / "parts", tmp_path / "three", "--label", "species")
+    for split in ("train", "val"):
+        one = pq.read_table(tmp_path / "one" / split)
+        three = pq.read_table(tmp_path / "three" / split)
+        assert one.equals(three), split
+    one, three = (read_info(LOCAL, parse_uri(str(tmp_path / d))) for d in ("one", "three"))
+    for key in ("mean", "std"):  # the same up to float rounding (other batch boundaries)
+        assert np.allclose(getattr(one.normalization, key), getattr(three.normalization, key))
+
+    (tmp_path / "parts" / "p3.csv").write_text("")
+    result = run(tmp_path / "parts", tmp_path / "ds", "--label", "species")
+    assert result.exit_code == 2 and "p3.csv: Empty CSV file" in result.output, result.output
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_parquet_part_missing_a_feature_column_fails_in_one_line(tmp_path):
+    """Every part is read with the first part's schema: a column a later part lacks reads as
+    empty values, which the import refuses (as for a CSV with empty cells)."""
+    src = tmp_path / "parts"
+    src.mkdir()
+    df = frame(600)
+    df.iloc[:300].to_parquet(src / "p0.parquet")
+    df.iloc[300:].drop(columns=["petal"]).to_parquet(src / "p1.parquet")
+    result = run(src, tmp_path / "ds", "--label", "species", "--features", "petal,count")
+    assert result.exit_code == 2 and "'petal' has empty values" in result.output, result.output
+    assert not (tmp_path / "ds").exists()

@@ -86,6 +86,11 @@ class PartWriter:
             self._in_file += take
             self.rows += take
             table = table.slice(take)
+        del table
+        # Hand the row group's buffers (the concatenation, the encoder's pages) back to the
+        # OS now: Arrow's allocator otherwise keeps freed pages resident for a while, and how
+        # many depends on timing, so the peak RSS would drift with the run's length.
+        pa.default_memory_pool().release_unused()
 
     def close(self) -> None:
         self._flush()
