@@ -2,8 +2,11 @@
 
 Generates a numeric CSV (16 float features, an integer label with 10 classes) at each size,
 imports it with the real CLI in a child process (`rayfleet data import FILE DEST --label y`)
-and reads that child's own peak RSS from os.wait4's rusage. Streaming means the peak RSS
-stays flat as the file grows; the sizes are reported side by side, median of --repeats runs.
+and reads that child's own peak RSS from os.wait4's rusage; /proc/PID/status is sampled every
+0.1 s as well, for the highest RSS in each quarter of the run (flat: no upward trend). Streaming
+means the peak RSS stays flat as the file grows; the sizes are reported side by side, median
+of --repeats runs, with every run's figures and the load average, since other work on the
+machine changes the speed.
 
     python tests/benchmarks/data_import.py [--sizes-mb 500,2000] [--repeats 3] [--quick]
 """
@@ -18,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -48,21 +52,47 @@ def _schema() -> pa.Schema:
                       pa.field("y", pa.int64())])  # fmt: skip
 
 
-def import_once(csv: Path, dest: Path, *extra: str) -> tuple[float, float, dict]:
-    """(seconds, peak RSS in MiB, the CLI's JSON) of one import in a fresh process."""
+def _sample_rss(pid: int, samples: list[int]) -> None:
+    """Append the child's RSS (MiB) every 0.1 s until it exits (Linux; nothing elsewhere)."""
+    while True:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        rss = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        if not rss:  # a zombie: exited, not yet reaped
+            return
+        samples.append(int(rss[0]) // 1024)
+        time.sleep(0.1)
+
+
+def import_once(csv: Path, dest: Path, *extra: str) -> tuple[float, float, dict, list[int]]:
+    """(seconds, peak RSS in MiB, the CLI's JSON, RSS samples) of one import in a fresh
+    process."""
     shutil.rmtree(dest, ignore_errors=True)
     command = [sys.executable, "-m", "rayfleet", "data", "import", str(csv), str(dest),
                "--label", "y", "-o", "json", *extra]  # fmt: skip
     started = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    samples: list[int] = []
+    sampler = threading.Thread(target=_sample_rss, args=(child.pid, samples), daemon=True)
+    sampler.start()
     out = child.stdout.read()
     err = child.stderr.read()
+    sampler.join()
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.monotonic() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         raise SystemExit(f"import failed ({child.returncode}): {err.decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, {} if "--help" in extra else json.loads(out)
+    doc = {} if "--help" in extra else json.loads(out)
+    return seconds, usage.ru_maxrss / 1024, doc, samples
+
+
+def quarters(samples: list[int]) -> list[int]:
+    """The highest sampled RSS in each quarter of a run."""
+    n = len(samples)
+    return [max(samples[i * n // 4 : (i + 1) * n // 4], default=0) for i in range(4)]
 
 
 def main() -> int:
@@ -79,12 +109,13 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     # The same process printing --help: interpreter, pyarrow and the CLI, before any data.
-    start_s, start_rss, _ = import_once(work / "none.csv", work / "none", "--help")
+    start_s, start_rss, _, _ = import_once(work / "none.csv", work / "none", "--help")
     print(json.dumps({"startup_s": round(start_s, 1), "startup_rss_mib": round(start_rss)}))
     try:
         for mb in sizes:
             csv = work / f"table-{mb}mb.csv"
             rows = write_csv(csv, mb * 1_000_000)
+            load = os.getloadavg()[0]
             runs = [import_once(csv, work / f"ds-{mb}") for _ in range(repeats)]
             seconds = statistics.median(r[0] for r in runs)
             rss = statistics.median(r[1] for r in runs)
@@ -98,6 +129,11 @@ def main() -> int:
                     "rows_per_s": round(rows / seconds),
                     "peak_rss_mib": round(rss),
                     "runs": repeats,
+                    "seconds_each": [round(r[0], 1) for r in runs],
+                    "peak_rss_mib_each": [round(r[1]) for r in runs],
+                    "sampled_rss_mib_by_quarter": [quarters(r[3]) for r in runs],
+                    "load_avg_before": round(load, 2),
+                    "load_avg_after": round(os.getloadavg()[0], 2),
                 }
             )
             csv.unlink()
