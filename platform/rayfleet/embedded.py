@@ -28,9 +28,10 @@ def ensure_ray(
 ) -> bool:
     """Start an embedded local Ray sized to this machine unless one is connected.
 
-    `dashboard` starts Ray's dashboard, which also serves the State API. Sweeps need it: when
-    Tune stops a trial early, Ray Train's placement-group cleaner asks the State API whether
-    the trial's controller died, and without it the stopped trial's CPUs are never released.
+    `dashboard` starts Ray's dashboard, which also serves the State API. Sweeps whose trials
+    are Ray Train runs need it: when Tune stops a trial early, Ray Train's placement-group
+    cleaner asks the State API whether the trial's controller died, and without it the
+    stopped trial's CPUs are never released (trials trained in-process have no such group).
     The cleaner finds the API by auto-detection, which fails when another Ray runs on the
     same machine (CI, a second terminal), so its address is pinned for every Ray process
     through RAY_API_SERVER_ADDRESS, set before Ray starts so the workers inherit it.

@@ -9,7 +9,10 @@ Three arms, in rotating order each round, on the same tiny synthetic MLP (2 work
   processes, process group), training loop (the loop entered), first step;
 - `rayfleet submit --follow` to a warm token-auth `ray start --head` (started once, before
   the rounds): wall time from the command's start to the driver's "starting: first step"
-  line, with the driver's own phases from the lines it prints.
+  line, with the driver's own phases from the lines it prints;
+- `rayfleet sweep` of one trial of the same loop on one worker (trained in the trial's own
+  process, `trialLaunch: auto`): the trial's start and its first step, from the command's
+  start.
 
     python tests/benchmarks/startup.py [--rounds 3] [--no-submit]
 
@@ -79,13 +82,54 @@ def rayfleet_submit(head, storage: str, name: str) -> dict[str, float]:
     return phases
 
 
+def rayfleet_sweep(storage: str, name: str) -> dict[str, float]:
+    """A one-trial sweep of the same loop (one worker, in the trial's process): from the
+    command's start to the trial's start (the sweep driver, Ray, Tune) and to its first
+    step, from the trial's run record and the recipe's `first_step_at`."""
+    doc = {
+        "apiVersion": "rayfleet.io/v1alpha1",
+        "kind": "SweepJob",
+        "metadata": {"name": name},
+        "spec": {
+            "trainJob": {
+                "path": str(SPEC),
+                # (TINY, as overrides: the same 20 steps after 2 warm-up steps)
+                "overrides": {
+                    "scaling.numWorkers": 1,
+                    "model.config.steps": 20,
+                    "model.config.warmupSteps": 2,
+                },
+            },
+            "searchSpace": {"run.learningRate": {"choice": [0.01]}},
+            "scheduler": {"type": "fifo"},
+            "numSamples": 1,
+            "metric": "loss",
+            "mode": "min",
+        },
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        spec = Path(folder) / "sweep.yaml"
+        spec.write_text(json.dumps(doc))  # (JSON is YAML)
+        cmd = [sys.executable, "-m", "rayfleet", "sweep", str(spec)]
+        started = time.time()
+        env = _env(RAYFLEET_STORAGE=storage)
+        subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    (record,) = Path(storage, "sweeps", name).glob("*/train/record.json")
+    stored = json.loads(record.read_text())
+    trial = stored["usage"]["launches"][0]["started"]
+    first = stored["epochs"][0]["metrics"]["first_step_at"]
+    return {"trial started": trial - started, "first step": first - started}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-submit", action="store_true", help="Skip the cluster arm.")
     args = p.parse_args()
 
-    rows: dict[str, list[dict[str, float]]] = {"torchrun": [], "run": [], "submit": []}
+    rows: dict[str, list[dict[str, float]]] = {
+        a: [] for a in ("torchrun", "run", "submit", "sweep")
+    }
     head = None
     with tempfile.TemporaryDirectory() as store:
         if not args.no_submit:
@@ -97,6 +141,7 @@ def main() -> int:
                 "torchrun": lambda i: torchrun(),
                 "run": lambda i: rayfleet_run(store, f"startup-run-{i}"),
                 "submit": lambda i: rayfleet_submit(head, store, f"startup-submit-{i}"),
+                "sweep": lambda i: rayfleet_sweep(store, f"startup-sweep-{i}"),
             }
             names = [a for a in arms if a != "submit" or head is not None]
             for i in range(args.rounds):

@@ -258,7 +258,10 @@ def _run_launch(
 
 def _fit(prep: PreparedSweep, launch: Launch, *, sys_path: list[str] | None, verbose: bool) -> None:
     """Run the launch as a new Tune experiment under <sweep>/tune/."""
-    owns_ray = ensure_ray(verbose=verbose, dashboard=True)
+    # Ray Train frees a stopped trial's placement group through the State API, which the
+    # dashboard serves; trials that train in their own process have none (and the
+    # dashboard's start-up, seconds of the 2-core VM, would come before the first trial).
+    owns_ray = ensure_ray(verbose=verbose, dashboard=not trials_in_process(prep))
     try:
         # The trials' workers report their busy time here; the trial records keep it.
         with busy_channel(tracking.busy_sink(prep)) as channel:
