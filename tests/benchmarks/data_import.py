@@ -81,9 +81,10 @@ def _sample_rss(pid: int, samples: list[int]) -> None:
         time.sleep(0.1)
 
 
-def import_once(csv: Path, dest: Path, *extra: str) -> tuple[float, float, dict, list[int]]:
-    """(seconds, peak RSS in MiB, the CLI's JSON, RSS samples) of one import in a fresh
-    process."""
+def import_once(csv: Path, dest: Path, *extra: str) -> tuple[float, float, dict, list[int], float]:
+    """(seconds, peak RSS in MiB, the CLI's JSON, RSS samples, CPU seconds) of one import in
+    a fresh process. CPU seconds (user + system) move less than wall time when other work
+    shares the machine."""
     shutil.rmtree(dest, ignore_errors=True)
     command = [sys.executable, "-m", "rayfleet", "data", "import", str(csv), str(dest),
                "--label", "y", "-o", "json", *extra]  # fmt: skip
@@ -101,7 +102,7 @@ def import_once(csv: Path, dest: Path, *extra: str) -> tuple[float, float, dict,
     if child.returncode:
         raise SystemExit(f"import failed ({child.returncode}): {err.decode()[-2000:]}")
     doc = {} if "--help" in extra else json.loads(out)
-    return seconds, usage.ru_maxrss / 1024, doc, samples
+    return seconds, usage.ru_maxrss / 1024, doc, samples, usage.ru_utime + usage.ru_stime
 
 
 def quarters(samples: list[int]) -> list[int]:
@@ -128,7 +129,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     # The same process printing --help: interpreter, pyarrow and the CLI, before any data.
-    start_s, start_rss, _, _ = import_once(work / "none.csv", work / "none", "--help")
+    start_s, start_rss, _, _, _ = import_once(work / "none.csv", work / "none", "--help")
     print(json.dumps({"startup_s": round(start_s, 1), "startup_rss_mib": round(start_rss)}))
     try:
         for mb in sizes:
@@ -149,6 +150,7 @@ def main() -> int:
                     "peak_rss_mib": round(rss),
                     "runs": repeats,
                     "seconds_each": [round(r[0], 1) for r in runs],
+                    "cpu_seconds_each": [round(r[4], 1) for r in runs],
                     "peak_rss_mib_each": [round(r[1]) for r in runs],
                     "sampled_rss_mib_by_quarter": [quarters(r[3]) for r in runs],
                     "load_avg_before": round(load, 2),
