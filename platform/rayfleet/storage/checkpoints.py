@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,8 +286,7 @@ def upload(local_dir: str | Path, fs: pafs.FileSystem, path: str, meta: dict[str
         if local:
             fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         with file.open("rb") as src, fs.open_output_stream(target) as dst:
-            while chunk := src.read(_CHUNK):
-                dst.write(chunk)
+            shutil.copyfileobj(src, dst, _CHUNK)
     if (root / MANIFEST).is_file():
         write_bytes(fs, f"{path}/{MANIFEST}", (root / MANIFEST).read_bytes())
     else:
