@@ -28,11 +28,14 @@ from typing import Any
 
 from rayfleet.errors import RayfleetError
 from rayfleet.examples import spec_path
+from rayfleet.lazy import lazy
 from rayfleet.local import free_port
 from rayfleet.specs import load_spec
 from rayfleet.storage.checkpoints import list_checkpoints
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.s3server import loopback_s3
+
+serving = lazy("rayfleet.serve.evaluate")  # numpy and the predict client: the last step only
 
 BUCKET = "rayfleet-demo"
 
@@ -64,9 +67,7 @@ def _rayfleet(*args: str, json_mode: bool = False) -> Any:
 def _serve_best_and_classify(job, json_mode: bool) -> dict[str, Any]:
     """Serve the sweep's best model (`rayfleet serve`), classify the held-out digits over
     HTTP, and compare with evaluating the same checkpoint offline."""
-    from rayfleet.serve.evaluate import serve_and_classify
-
-    served, offline = serve_and_classify(
+    served, offline = serving.serve_and_classify(
         str(spec_path("digits", "serve.yaml")),
         job.dataset_uri(),
         overrides=["spec.source.run=null", "spec.source.sweep=digits-sweep"],

@@ -11,16 +11,20 @@ dependency of a module in its import block instead of scattered through function
 missing package fails at first use with one line naming the package and how to install it,
 not a bare ModuleNotFoundError from deep inside a command.
 
-rayfleet's own modules are imported at module top. The modules that name pyarrow (storage/,
-the run record, data layout and shards) and httpx (the Jobs API and predict clients) do it
-through `lazy`, so importing them loads neither until a call needs it. What remains inside
-functions (about 20 imports) each defers a package the importer does not load otherwise: Ray
-(the sweep runner, the reporting callback, the launcher from the compress driver), torch
-(compression transforms), scikit-learn and pandas (evaluation, table import), numpy (the
-quickstart's serving check), plus three import cycles (train.preemption <-> train.session,
-compress.job <-> compress.distill, the recipe registry <-> its distillation loss).
-tests/k8s/test_pure_imports.py checks the pure builders and the storage layer load no
-runtime.
+rayfleet's own modules are imported at module top, always. The modules that name pyarrow
+(storage/, the run record, data layout and shards) and httpx (the Jobs API and predict
+clients) do it through `lazy`, so importing them loads neither until a call needs it. The same
+goes for a rayfleet module that would load a heavy package its importer does not otherwise
+need (Ray for the sweep runner, the reporting callback and the trial's trainer; torch for the
+compression transforms; scikit-learn and pandas for evaluation and table import; numpy for
+the quickstart's serving check), and for the three import cycles (train.preemption <->
+train.session, compress.job <-> compress.distill, the classifier loop <-> its distillation
+loss), which a stand-in breaks because it imports at first use, not at import:
+
+    runner = lazy("rayfleet.tune.runner")   # in cli/sweep_commands.py's import block
+
+tests/k8s/test_pure_imports.py checks that no rayfleet import statement sits inside a
+function, and that the pure builders and the storage layer load no runtime.
 """
 
 from __future__ import annotations

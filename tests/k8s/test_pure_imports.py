@@ -143,6 +143,7 @@ def test_cluster_facing_modules_import_the_client_only_when_they_call(module):
 
 
 def _imports(path) -> set[str]:
+    """What a module imports: import statements and `lazy("name")` stand-ins alike."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -150,7 +151,53 @@ def _imports(path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
             out |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif _lazy_name(node):
+            out.add(_lazy_name(node))
     return out
+
+
+def _lazy_name(node: ast.AST) -> str | None:
+    """ "x" for a `lazy("x", ...)` call."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "lazy"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    ):
+        return node.args[0].value
+    return None
+
+
+def _own_imports_inside_functions(path) -> list[str]:
+    """`line: statement` for each import of a rayfleet module inside a function body."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "rayfleet" or n.startswith("rayfleet.") for n in names):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return sorted(set(found))
+
+
+def test_rayfleet_modules_import_each_other_at_module_top():
+    """Every dependency of a module sits in its import block (issue 13 item 2): one that
+    would load a heavy package, or close an import cycle, is a `lazy(...)` stand-in there,
+    imported at first use, never an import statement inside a function."""
+    offenders = {
+        path.relative_to(PACKAGE).as_posix(): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (found := _own_imports_inside_functions(path))
+    }
+    assert offenders == {}
 
 
 def test_nothing_outside_cli_imports_cli():

@@ -12,8 +12,14 @@ import typer
 from typer.core import TyperGroup
 
 from rayfleet.cli.output import Output, OutputOption, console, handle_errors, print_json
+from rayfleet.lazy import lazy
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import parse_uri
+
+# The work, imported when a command runs: scikit-learn (digits), pandas and pyarrow (imports).
+digits = lazy("rayfleet.data.digits")
+images = lazy("rayfleet.data.images")
+imports = lazy("rayfleet.data.imports")
 
 
 class _SourceGroup(TyperGroup):
@@ -65,11 +71,9 @@ def import_digits_cmd(
     output: Output = OutputOption,
 ) -> None:
     """Write scikit-learn's handwritten digits as Parquet shards (train/val) to URI."""
-    from rayfleet.data.digits import import_digits
-
     target = parse_uri(uri)
     preflight(target)
-    info = import_digits(target, val_fraction=val_fraction, seed=seed, shards=shards)
+    info = digits.import_digits(target, val_fraction=val_fraction, seed=seed, shards=shards)
     _result(target, info, output)
 
 
@@ -98,22 +102,19 @@ def import_source_cmd(
     output: Output = OutputOption,
 ) -> None:
     """Import your own table, text or image folder into DEST as train/val Parquet parts."""
-    from rayfleet.data.images import parse_size
-    from rayfleet.data.imports import ImportOptions, import_source
-
     target = parse_uri(dest)  # preflight runs inside, once SOURCE and DEST are checked
-    options = ImportOptions(
+    options = imports.ImportOptions(
         label=label,
         features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
         text=text,
         vocab_size=vocab_size,
         max_length=max_length,
-        size=parse_size(size),
+        size=images.parse_size(size),
         val_fraction=val_fraction,
         seed=seed,
         shards=shards,
         name=name,
         overwrite=overwrite,
     )
-    info = import_source(source, target, options)
+    info = imports.import_source(source, target, options)
     _result(target, info, output)

@@ -1,15 +1,16 @@
 """`rayfleet evaluate (--run NAME | --sweep NAME | --checkpoint URI)`: score a verified
 checkpoint on a dataset split; evaluation.json and two PNGs land beside the checkpoint.
 
-The work is in rayfleet.evaluation (imported when the command runs, so `--help` stays fast);
-this module reads the options and prints: a table per class for people, the stored
-document for `-o json`.
+The work is in rayfleet.evaluation (a lazy module: imported when the command runs, so
+`--help` stays fast); this module reads the options and prints: a table per class for
+people, the stored document for `-o json`.
 """
 
 from __future__ import annotations
 
 import typer
 
+from rayfleet.cli.options import StorageOption
 from rayfleet.cli.output import (
     Output,
     OutputOption,
@@ -21,6 +22,9 @@ from rayfleet.cli.output import (
     table,
 )
 from rayfleet.evaluation.document import DEFAULT_BATCH_SIZE
+from rayfleet.lazy import lazy
+
+runner = lazy("rayfleet.evaluation.runner")  # torch, scikit-learn: when the command runs
 
 
 @handle_errors
@@ -32,9 +36,7 @@ def evaluate(
     checkpoint: str | None = typer.Option(
         None, "--checkpoint", help="A checkpoint folder URI (its manifest must verify)."
     ),
-    storage: str | None = typer.Option(
-        None, "--storage", help="Storage root; default $RAYFLEET_STORAGE or ~/.rayfleet/store."
-    ),
+    storage: str | None = StorageOption,
     dataset: str | None = typer.Option(
         None,
         "--dataset",
@@ -49,10 +51,8 @@ def evaluate(
 ) -> None:
     """Score a trained model: accuracy, per-class precision/recall/F1, ROC AUC, log loss and
     the confusion matrix, stored as evaluation.json and PNG plots beside the checkpoint."""
-    from rayfleet.evaluation.runner import evaluate as run_evaluation
-
     notes = progress_console(output)
-    done = run_evaluation(
+    done = runner.evaluate(
         run=run, sweep=sweep, checkpoint=checkpoint, storage=storage, dataset=dataset,
         split=split, batch_size=batch_size,
         note=lambda line: notes.print(line, style="dim", highlight=False),

@@ -37,12 +37,16 @@ from rayfleet.compress.lineage import (
 )
 from rayfleet.compress.methods import CompressError
 from rayfleet.errors import SpecError, WorkFailedError
+from rayfleet.lazy import lazy
 from rayfleet.serve.loading import fetch_verified, load_verified
 from rayfleet.specs import parse_spec
 from rayfleet.storage.checkpoints import MANIFEST, newest_verified, verify
 from rayfleet.storage.filesystem import exists, filesystem_for, write_bytes
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train.recipes import RECIPES
+
+compress_job = lazy("rayfleet.compress.job")  # imports this module: a cycle, broken at use
+launcher = lazy("rayfleet.train.launcher")  # Ray: only when the student trains
 
 # The model.config key that carries the teacher settings into the workers.
 DISTILL_KEY = "distill"
@@ -243,10 +247,8 @@ def prepare_distill(
     Raises CompressError (exit 2) for bad --to, a run with no verified checkpoint or no run
     record, a quantized source, a user-entrypoint run, a recipe with no teacher hook or no
     known student, bad --student-set / --temperature / --alpha, or an existing --to."""
-    from rayfleet.compress.job import check_destination, fp32_source, resolve_dataset
-
     check_settings(temperature, alpha, epochs, workers)
-    run_uri, dest, ref, source = fp32_source(run, to, storage, then="distill from")
+    run_uri, dest, ref, source = compress_job.fp32_source(run, to, storage, then="distill from")
     fs = filesystem_for(run_uri)
     stored = (record.read(fs, run_uri) or {}).get("spec") or {}
     model = (stored.get("spec") or {}).get("model") or {}
@@ -269,8 +271,8 @@ def prepare_distill(
         )
     teacher_config = {k: v for k, v in (model.get("config") or {}).items() if k != DISTILL_KEY}
     student = student_config(recipe, teacher_config, parse_student_set(student_set, recipe))
-    check_destination(filesystem_for(dest), dest, overwrite=overwrite)
-    data = resolve_dataset(storage, run_uri, dataset)
+    compress_job.check_destination(filesystem_for(dest), dest, overwrite=overwrite)
+    data = compress_job.resolve_dataset(storage, run_uri, dataset)
     if data is None:
         raise CompressError(
             f"run {run}: its record names no dataset to train the student on; pass --dataset "
@@ -309,14 +311,12 @@ def prepare_distill(
 def run_distill(plan: DistillPlan, *, on_event: Callable[[dict], None] | None = None):
     """Train the student TrainJob, then evaluate it against its teacher and stamp the
     lineage into its final checkpoint's manifest. Returns a compress.job.CompressResult."""
-    from rayfleet.compress.job import CompressResult, check_destination  # (imports this module)
-    from rayfleet.train.launcher import run_train_job  # pyarrow: not for the student's workers
-
     fs = filesystem_for(plan.dest)
     if plan.overwrite and exists(fs, plan.dest.fs_path):
-        check_destination(fs, plan.dest, overwrite=True)  # again: a deployment may have pinned it
+        # Again: a deployment may have pinned it since the plan was made.
+        compress_job.check_destination(fs, plan.dest, overwrite=True)
         fs.delete_dir(plan.dest.fs_path)
-    run_train_job(plan.job, on_event=on_event)
+    launcher.run_train_job(plan.job, on_event=on_event)
     ref, skipped = newest_verified(fs, plan.dest.fs_path)
     if ref is None:
         detail = f" ({skipped[0]})" if skipped else ""
@@ -327,7 +327,7 @@ def run_distill(plan: DistillPlan, *, on_event: Callable[[dict], None] | None = 
     target = plan.dest.at(ref.path)
     with tempfile.TemporaryDirectory(prefix="rayfleet-distill-") as tmp:
         lineage = _stamp(plan, target, Path(tmp))
-    return CompressResult(checkpoint=target, source=plan.source, compression=lineage)
+    return compress_job.CompressResult(checkpoint=target, source=plan.source, compression=lineage)
 
 
 def _stamp(plan: DistillPlan, target: StorageURI, tmp: Path) -> Compression:
@@ -335,30 +335,28 @@ def _stamp(plan: DistillPlan, target: StorageURI, tmp: Path) -> Compression:
     replace the student checkpoint's manifest with one whose meta carries the lineage."""
     import torch
 
-    from rayfleet.compress.job import _read_split, _serialized_size, accuracy
-
     src_dir, out_dir = tmp / "teacher", tmp / "student"
     teacher_manifest = fetch_verified(plan.source, src_dir)
     source_sha = hashlib.sha256((src_dir / MANIFEST).read_bytes()).hexdigest()
     teacher = load_verified(src_dir, teacher_manifest, str(plan.source), name=plan.run)
     manifest = fetch_verified(target, out_dir)
     student = load_verified(out_dir, manifest, str(target), name=plan.to)
-    val = _read_split(plan.dataset, "val", teacher.signature.shape, f"run {plan.run}")
+    val = compress_job._read_split(plan.dataset, "val", teacher.signature.shape, f"run {plan.run}")
     labels = val.labels
     evaluation = Evaluation(
         dataset=str(plan.dataset),
         split="val",
         rows=len(labels),
-        source_accuracy=accuracy(teacher, val.features, labels),
-        accuracy=accuracy(student, val.features, labels),
+        source_accuracy=compress_job.accuracy(teacher, val.features, labels),
+        accuracy=compress_job.accuracy(student, val.features, labels),
     )
     spec = plan.job.spec
     lineage = Compression(
         method="distill",
         source=str(plan.source),
         source_manifest_sha256=source_sha,
-        source_weights_bytes=_serialized_size(teacher.module.state_dict()),
-        weights_bytes=_serialized_size(student.module.state_dict()),
+        source_weights_bytes=compress_job._serialized_size(teacher.module.state_dict()),
+        weights_bytes=compress_job._serialized_size(student.module.state_dict()),
         distillation=Distillation(
             student_config=plan.student_config,
             teacher_config=plan.teacher_config,

@@ -31,6 +31,7 @@ from rayfleet.compress.lineage import (
 )
 from rayfleet.compress.methods import CompressError, Method, check_layers, method_named
 from rayfleet.errors import BadInputError
+from rayfleet.lazy import lazy
 from rayfleet.serve.evaluate import read_split
 from rayfleet.serve.loading import fetch_verified, load_verified
 from rayfleet.specs.base import NAME_RE, dataset_location
@@ -46,6 +47,8 @@ from rayfleet.storage.filesystem import exists, filesystem_for
 from rayfleet.storage.pins import pinned
 from rayfleet.storage.uri import StorageURI
 from rayfleet.train.recipes import STATE_FILE
+
+transform = lazy("rayfleet.compress.transform")  # torch.ao: only when a model is compressed
 
 CALIBRATION_ROWS = 512
 CALIBRATION_BATCH = 32
@@ -248,8 +251,6 @@ def _compress(
     overwrite: bool,
 ) -> CompressResult:
     import torch
-
-    from rayfleet.compress import transform
 
     where = f"run {run}"
     src_dir, out_dir = tmp / "source", tmp / "out"

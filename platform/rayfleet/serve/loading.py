@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from rayfleet.compress.lineage import compression_of
 from rayfleet.errors import BadInputError, CheckpointError, StorageError
+from rayfleet.lazy import lazy
 from rayfleet.storage.checkpoints import MANIFEST, download_verified, required_newest, verify
 from rayfleet.storage.filesystem import filesystem_for, read_bytes
 from rayfleet.storage.pins import pin
@@ -48,6 +49,8 @@ from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train.recipes import RECIPES, STATE_FILE
 from rayfleet.tune.documents import BestTrial
 from rayfleet.tune.results import required_best
+
+transform = lazy("rayfleet.compress.transform")  # torch.ao: only for a compressed checkpoint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -536,8 +539,6 @@ def _load_reason(exc: BaseException) -> str:
 def _load_compressed(module, weights: dict, compression, signature: Signature, uri: str):
     """The recipe's `module` restructured as `rayfleet compress` left it, with `weights`."""
     import torch
-
-    from rayfleet.compress import transform
 
     example = torch.zeros((1, *signature.shape), dtype=getattr(torch, signature.dtype))
     try:

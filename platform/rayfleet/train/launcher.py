@@ -28,6 +28,7 @@ from rayfleet import record, tracking, usage
 from rayfleet.data.layout import check_files, read_info
 from rayfleet.embedded import ensure_ray
 from rayfleet.errors import SpecError, StorageError, WorkFailedError
+from rayfleet.lazy import lazy
 from rayfleet.retry import RECONNECT, retrying
 from rayfleet.specs import TrainJob
 from rayfleet.storage.checkpoints import SPEC_HASH_KEY, newest_verified, prune
@@ -38,6 +39,8 @@ from rayfleet.storage.uri import StorageURI
 from rayfleet.train import waiting
 from rayfleet.train.recipes import RECIPES, check_config, check_dataset
 from rayfleet.train.session import worker_main
+
+reporting = lazy("rayfleet.train.reporting")  # Ray Train's callback API: when a trainer is built
 
 Event = dict[str, Any]
 EventHandler = Callable[[Event], None]
@@ -219,8 +222,6 @@ def build_trainer(
     # Read by the controller Ray Train starts in fit(), which gets the driver's value.
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
 
-    from rayfleet.train.reporting import RunReporter
-
     spec = job.spec
     run_uri = run_uri or job.run_uri()
     parent, _, name = run_uri.fs_path.rpartition("/")
@@ -255,7 +256,7 @@ def build_trainer(
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             callbacks=[
-                RunReporter(
+                reporting.RunReporter(
                     channel=channel,
                     spec_hash=job.spec_hash(),
                     epochs=job.epochs_planned(),

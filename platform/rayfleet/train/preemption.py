@@ -52,7 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayfleet.lazy import lazy
 from rayfleet.storage.checkpoints import SPEC_HASH_KEY, write_manifest
+
+session = lazy("rayfleet.train.session")  # imports this module: a cycle, broken at use
 
 # The metric that marks a report as a just-in-time checkpoint (its value: the step), so the
 # driver does not count it as a finished epoch.
@@ -315,8 +318,6 @@ def checkpoint_if_preempted(
     watch.check_every_s = check_every_s
     if not watch.step():
         return False
-    from rayfleet.train import session
-
     meta: dict[str, Any] = {POSITION_KEY: {"step": watch.steps}}
     if epoch is not None:
         meta["epoch"] = epoch

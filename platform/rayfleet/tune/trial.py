@@ -20,11 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from rayfleet.lazy import lazy
 from rayfleet.specs import TrainJob, parse_spec
 from rayfleet.storage.checkpoints import CheckpointRef, newest_verified
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.tune.space import trial_doc
+
+# Ray Train: loaded in the trial's process, not by the sweep CLI that names trial folders.
+inprocess = lazy("rayfleet.train.inprocess")
+launcher = lazy("rayfleet.train.launcher")
+reporting = lazy("rayfleet.train.reporting")
 
 # The metric schedulers count in: epochs completed by the trial's run, stable across
 # restarts (Tune's own training_iteration restarts from 1 when a trial is relaunched).
@@ -51,8 +57,6 @@ def trial_name(trial_id: str) -> str:
 def _report_callback(next_epoch: int):
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rayfleet.train.reporting import report_epoch
-
     class EpochReport(TuneReportCallback):
         """Tune's forwarding callback, plus the epochs the run has completed (a plain Ray
         Train loop that reports no `epoch` counts its reports, from the resumed epoch)."""
@@ -62,7 +66,7 @@ def _report_callback(next_epoch: int):
             self.next_epoch = next_epoch
 
         def after_report(self, run_context, metrics, checkpoint):
-            epoch = report_epoch(metrics[0], self.next_epoch)
+            epoch = reporting.report_epoch(metrics[0], self.next_epoch)
             self.next_epoch = epoch + 1
             first = {**metrics[0], EPOCHS_DONE: epoch + 1}
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
@@ -85,8 +89,6 @@ def run_trial(
     instead of a Ray Train run of its own."""
     from ray import tune
 
-    from rayfleet.train.launcher import build_trainer, fit_with_retries
-
     trial_id = sweep_trial_id(params, tune.get_context().get_trial_id())
     params = {k: v for k, v in params.items() if k != TRIAL_ID_KEY}
     job = parse_spec(trial_doc(base_doc, params, trial_name(trial_id)), source=trial_id)
@@ -104,9 +106,9 @@ def run_trial(
     if in_process:
         _train_in_process(job, run_uri, channel, sys_path, next_epoch)
         return
-    _, error = fit_with_retries(
+    _, error = launcher.fit_with_retries(
         job,
-        lambda: build_trainer(
+        lambda: launcher.build_trainer(
             job,
             channel,  # the sweep driver's: its workers' busy time goes to the trial's record
             sys_path,
@@ -125,15 +127,12 @@ def _train_in_process(job: TrainJob, run_uri: StorageURI, channel, sys_path, nex
     callback sends it (metrics, epochs done, the persisted checkpoint's path)."""
     from ray import tune
 
-    from rayfleet.train.inprocess import run_in_process
-    from rayfleet.train.launcher import train_config
-
     def reported(metrics: dict[str, Any], epoch: int, path: str | None) -> None:
         tune.report({**metrics, EPOCHS_DONE: epoch + 1, **({CHECKPOINT_KEY: path} if path else {})})
 
-    run_in_process(
+    inprocess.run_in_process(
         job,
-        train_config(job, channel, sys_path, run_uri),
+        launcher.train_config(job, channel, sys_path, run_uri),
         run_uri=run_uri,
         next_epoch=next_epoch,
         on_report=reported,

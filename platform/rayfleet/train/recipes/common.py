@@ -15,9 +15,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from rayfleet.data.layout import read_info
+from rayfleet.lazy import lazy
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.train import session
 from rayfleet.train.recipes import STATE_FILE
+
+distill = lazy("rayfleet.train.recipes.distill")  # imports this module: a cycle, broken at use
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -234,8 +237,6 @@ def train_classifier(
     the config (a distillation run) is taken out before the model and meta see it and loads
     the frozen teacher it names."""
     import ray.train.torch
-
-    from rayfleet.train.recipes import distill
 
     ctx = session.context()
     device = ray.train.torch.get_device()
