@@ -70,7 +70,7 @@ def server(trained, tmp_path_factory):
         work,
         digits_spec(source={"sweep": SWEEP}, storage=f"s3://{BUCKET}", replicas=1,
                     cpusPerReplica=0.5, batching={"maxBatchSize": 16, "batchWaitTimeoutS": 0.002}),
-        args=("--token-file", str(token_file)),
+        args=("--serve-token-file", str(token_file)),
     )  # fmt: skip
     yield srv
     srv.stop()

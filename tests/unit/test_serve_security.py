@@ -294,11 +294,11 @@ def test_rayfleet_serve_refuses_auth_without_a_token(tmp_path):
     result = run()
     assert result.returncode == 2, result.stdout + result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "RAYFLEET_SERVE_TOKEN" in error[0] and "--token-file" in error[0]
+    assert len(error) == 1 and "RAYFLEET_SERVE_TOKEN" in error[0] and "--serve-token-file" in error[0]
     assert not (store / "runs/digits/pins").exists()  # refused before anything was written
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
-    result = run("--token-file", str(empty))
+    result = run("--serve-token-file", str(empty))
     assert result.returncode == 2 and "is empty" in result.stderr, result.stdout + result.stderr
 
 
@@ -354,15 +354,19 @@ def test_rayfleet_predict_reads_the_token_from_env_or_file(authed_server, tmp_pa
     assert refused.exit_code == 2 and "HTTP 401" in refused.output, refused.output
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    by_file = CliRunner().invoke(_serve_cli(), [*args, "--token-file", str(token_file)])
+    by_file = CliRunner().invoke(_serve_cli(), [*args, "--serve-token-file", str(token_file)])
     assert by_file.exit_code == 0, by_file.output
     assert by_file.output.splitlines()[0].startswith("0  class ")
     assert TOKEN not in by_file.output
+    # The old name (the Ray auth token's everywhere else) still works here, with a note.
+    by_old_name = CliRunner().invoke(_serve_cli(), [*args, "--token-file", str(token_file)])
+    assert by_old_name.exit_code == 0, by_old_name.output
+    assert "--token-file is deprecated here; use --serve-token-file" in by_old_name.output
     monkeypatch.setenv("RAYFLEET_SERVE_TOKEN", TOKEN)
     by_env = CliRunner().invoke(_serve_cli(), args)
     assert by_env.exit_code == 0, by_env.output
-    missing = CliRunner().invoke(_serve_cli(), [*args, "--token-file", str(tmp_path / "nope")])
-    assert missing.exit_code == 2 and "--token-file" in missing.output
+    missing = CliRunner().invoke(_serve_cli(), [*args, "--serve-token-file", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "--serve-token-file" in missing.output
 
 
 # ------------------------------------------------------- the loader and the manifest

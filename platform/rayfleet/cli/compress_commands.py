@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import typer
 
+from rayfleet.cli.options import StorageOption
 from rayfleet.cli.output import (
     Output,
     OutputOption,
@@ -42,9 +43,7 @@ def compress(
         "a smaller student of the same recipe on the teacher's soft labels).",
     ),
     to: str = typer.Option(..., "--to", help="Name of the new run that receives the result."),
-    storage: str | None = typer.Option(
-        None, "--storage", help="Storage root; default $RAYFLEET_STORAGE or ~/.rayfleet/store."
-    ),
+    storage: str | None = StorageOption,
     dataset: str | None = typer.Option(
         None,
         "--dataset",

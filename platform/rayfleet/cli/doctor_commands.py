@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from rayfleet.cli.jobs_commands import AddressOption, ContextOption, InsecureOption, TokenFileOption
+from rayfleet.cli.options import AddressOption, ContextOption, InsecureOption, TokenFileOption
 from rayfleet.cli.output import Output, OutputOption, console, handle_errors, print_json
 from rayfleet.k8s import doctor as checks
 

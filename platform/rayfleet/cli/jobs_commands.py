@@ -14,7 +14,14 @@ from typing import Any
 import typer
 
 from rayfleet import record
-from rayfleet.cli.options import PricesOption, SetOption
+from rayfleet.cli.options import (
+    AddressOption,
+    ContextOption,
+    InsecureOption,
+    PricesOption,
+    SetOption,
+    TokenFileOption,
+)
 from rayfleet.cli.output import (
     Output,
     OutputOption,
@@ -40,26 +47,14 @@ from rayfleet.jobs.target import (
     resolve,
     save_config,
 )
+from rayfleet.lazy import lazy
 from rayfleet.record import find, submission_entry
 from rayfleet.retry import TimedOutError, poll
 from rayfleet.storage import logs as stored
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.usage import load_prices, reprice, summary
 
-AddressOption = typer.Option(
-    None, "--address", help="Ray dashboard URL (http://HEAD:8265); default: RAY_ADDRESS."
-)
-ContextOption = typer.Option(None, "--context", help="A named cluster from the config file.")
-TokenFileOption = typer.Option(
-    None,
-    "--token-file",
-    help="Ray auth token file; default: the context's tokenFile, else RAY_AUTH_TOKEN(_PATH).",
-)
-InsecureOption = typer.Option(
-    False,
-    "--insecure",
-    help="Allow sending the auth token over plain http to a host that is not this machine.",
-)
+submitting = lazy("rayfleet.jobs.submit")  # the spec checks and packaging: only for submit
 
 app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop, describe.")
 contexts = typer.Typer(help="Named Ray clusters (~/.config/rayfleet/config.yaml).")
@@ -119,8 +114,6 @@ def submit(
     output: Output = OutputOption,
 ) -> None:
     """Submit a spec to a Ray cluster (Jobs API); the cluster runs `rayfleet run|sweep`."""
-    from rayfleet.jobs import submit as submitting
-
     target = _target(address, context, token_file, insecure)
     plan = submitting.plan(spec, overrides or [], env, force=force)
     quiet = output is Output.json
@@ -407,9 +400,13 @@ def _print_record(uri, doc: dict[str, Any]) -> None:
 @handle_errors
 def context_add(
     name: str = typer.Argument(...),
-    address: str = typer.Option(..., "--address", help="Ray dashboard URL."),
-    token_file: Path | None = typer.Option(None, "--token-file"),
-    storage: str | None = typer.Option(None, "--storage", help="Default storage for describe."),
+    address: str = typer.Option(..., "--address", help="Ray dashboard URL (http://HEAD:8265)."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="Ray auth token file of this cluster (its tokenFile)."
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", help="Storage root of this cluster's runs (`jobs describe` looks there)."
+    ),
     use: bool = typer.Option(False, "--use", help="Make it the current context."),
 ) -> None:
     """Add (or replace) a named cluster."""

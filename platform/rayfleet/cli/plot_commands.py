@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from rayfleet import plots, record
+from rayfleet.cli.options import StorageOption
 from rayfleet.cli.output import Output, OutputOption, console, handle_errors, print_json
 from rayfleet.errors import JobNotFoundError, SpecError
 from rayfleet.specs.base import resolve_storage
@@ -27,9 +28,7 @@ def plot(
         None, "--sweep", help="A sweep: metric vs each searched parameter, every trial's curve."
     ),
     out: Path = typer.Option(..., "--out", help="The PNG file to write."),
-    storage: str | None = typer.Option(
-        None, "--storage", help="Storage root; default $RAYFLEET_STORAGE or ~/.rayfleet/store."
-    ),
+    storage: str | None = StorageOption,
     output: Output = OutputOption,
 ) -> None:
     """Plot a run's learning curves or a sweep's results as a PNG."""

@@ -17,10 +17,10 @@ unverified checkpoint exits 2 in seconds), then:
 
 With `spec.auth`, the replicas require a bearer token, which they read from
 RAYFLEET_SERVE_TOKEN in their environment. The embedded Ray this command starts inherits this
-process's environment, so the token comes from RAYFLEET_SERVE_TOKEN or --token-file (exported
+process's environment, so the token comes from RAYFLEET_SERVE_TOKEN or --serve-token-file (exported
 to the embedded Ray, never into the Serve config, the state file or the output); without one
 it refuses to start. Replicas on a running instance or cluster use that instance's token.
-`rayfleet predict` sends the token from --token-file or RAYFLEET_SERVE_TOKEN.
+`rayfleet predict` sends the token from --serve-token-file or RAYFLEET_SERVE_TOKEN.
 """
 
 from __future__ import annotations
@@ -69,11 +69,24 @@ from rayfleet.storage import documents
 
 URL_ENV = "RAYFLEET_SERVE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
-TokenFileOption = typer.Option(
+# The serving bearer token (spec.auth), not Ray's: `--token-file` is the Ray auth token in
+# `rayfleet submit`, `jobs` and `doctor`. The old name still works here, with a note.
+ServeTokenFileOption = typer.Option(
     None,
-    "--token-file",
-    help="File holding the bearer token (spec.auth); default $RAYFLEET_SERVE_TOKEN.",
+    "--serve-token-file",
+    help="File holding Serve's bearer token (spec.auth); default $RAYFLEET_SERVE_TOKEN.",
 )
+DeprecatedTokenFileOption = typer.Option(None, "--token-file", hidden=True)
+
+
+def _serve_token_file(token_file: str | None, deprecated: str | None) -> str | None:
+    if deprecated is not None:
+        err_console.print(
+            "note: --token-file is deprecated here; use --serve-token-file (Serve's bearer "
+            "token; --token-file is the Ray auth token elsewhere)",
+            highlight=False,
+        )
+    return token_file or deprecated
 
 
 app = typer.Typer(
@@ -99,7 +112,8 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535, help="HTTP port when this starts Serve."),
     timeout: float = typer.Option(300.0, help="Seconds to wait for replicas to be running."),
     verbose: bool = VerboseOption,
-    token_file: str | None = TokenFileOption,
+    token_file: str | None = ServeTokenFileOption,
+    deprecated_token_file: str | None = DeprecatedTokenFileOption,
     metrics_port: int | None = typer.Option(
         None,
         "--metrics-port",
@@ -112,6 +126,7 @@ def serve(
 ) -> None:
     """Serve a ModelDeployment over HTTP (Open Inference Protocol); `serve status` lists them."""
 
+    token_file = _serve_token_file(token_file, deprecated_token_file)
     token = read_token_file(token_file) if token_file else None
 
     deployment = load_spec(target, overrides or [], expect="ModelDeployment")
@@ -139,7 +154,7 @@ def serve(
             )
         if token_file:
             _note(
-                "--token-file is used when this command starts Serve; the running instance's "
+                "--serve-token-file is used when this command starts Serve; the running instance's "
                 "replicas check the token in their own environment"
             )
         try:
@@ -200,7 +215,7 @@ def _export_token(deployment, token: str | None) -> None:
     if token is None and deployment.spec.auth is not None:
         raise ServeAuthError(
             f"{deployment.name}: spec.auth is on but no token was given; set {TOKEN_ENV} or "
-            "pass --token-file FILE (the token clients must send; generate one with "
+            "pass --serve-token-file FILE (the token clients must send; generate one with "
             "`openssl rand -hex 32`)"
         )
     if token is not None:
@@ -407,13 +422,14 @@ def predict(
     timeout: float = typer.Option(30.0, min=0.1, help="Seconds per attempt."),
     output: Output = OutputOption,
     raw: bool = typer.Option(False, "--json", hidden=True, help="Deprecated: use -o json."),
-    token_file: str | None = TokenFileOption,
+    token_file: str | None = ServeTokenFileOption,
+    deprecated_token_file: str | None = DeprecatedTokenFileOption,
 ) -> None:
     """Classify examples with a served model (retries with backoff while it is unavailable).
 
     `-o json` prints the server's Open Inference Protocol response as it is."""
 
-    token = client_token(token_file) or ""
+    token = client_token(_serve_token_file(token_file, deprecated_token_file)) or ""
     payload = _read_input(input_path)
     with PredictClient(resolve_url(url), retries=retries, timeout_s=timeout, token=token) as client:
         if isinstance(payload, dict):

@@ -15,7 +15,13 @@ from rich.live import Live
 from rich.table import Table
 
 from rayfleet import usage
-from rayfleet.cli.options import PricesOption, SetOption, SpecOrCommand, VerboseOption
+from rayfleet.cli.options import (
+    PricesOption,
+    SetOption,
+    SpecOrCommand,
+    StorageOption,
+    VerboseOption,
+)
 from rayfleet.cli.output import (
     Output,
     OutputOption,
@@ -28,6 +34,7 @@ from rayfleet.cli.output import (
     table,
 )
 from rayfleet.errors import BadInputError
+from rayfleet.lazy import lazy
 from rayfleet.specs import load_spec
 from rayfleet.specs.base import resolve_storage
 from rayfleet.storage.filesystem import filesystem_for
@@ -45,6 +52,8 @@ from rayfleet.tune.results import (
 from rayfleet.tune.space import prepare
 from rayfleet.tune.trial import trial_run_uri
 from rayfleet.usage import load_prices, summary
+
+runner = lazy("rayfleet.tune.runner")  # Ray Tune: only when a sweep starts
 
 app = typer.Typer(
     cls=SpecOrCommand,
@@ -195,11 +204,9 @@ def start(
 
 
 def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Output, prices) -> None:
-    from rayfleet.tune.runner import run_sweep, trials_in_process
-
     s = sweep.spec
     progress = progress_console(output)
-    launch = "in the trial's process" if trials_in_process(prep) else "a Ray Train run each"
+    launch = "in the trial's process" if runner.trials_in_process(prep) else "a Ray Train run each"
     progress.print(
         f"[bold]{sweep.name}[/]: {s.num_samples} trial(s) of {prep.base.name} "
         f"({s.search.algorithm} search, {s.scheduler.type} scheduler, {s.mode} {s.metric}; "
@@ -207,7 +214,7 @@ def _start(sweep, prep, spec: Path, resume, retry_errored, verbose, output: Outp
         highlight=False,
     )
     with stdout_for_json(output), _LiveTable(progress) as view:
-        result = run_sweep(
+        result = runner.run_sweep(
             prep,
             resume=resume,
             retry_errored=retry_errored,
@@ -291,9 +298,7 @@ def _print_outcome(
 @handle_errors
 def show_results(
     name: str = typer.Argument(..., help="The sweep's metadata.name."),
-    storage: str = typer.Option(
-        None, "--storage", help="Storage URI the sweep ran in (default: $RAYFLEET_STORAGE)."
-    ),
+    storage: str | None = StorageOption,
     prices: Path | None = PricesOption,
     sort_by: str | None = typer.Option(
         None,

@@ -167,7 +167,7 @@ def _bearer_check(token: str | None):
             raise StarletteHTTPException(
                 401,
                 f"this server {what}: send Authorization: Bearer TOKEN (rayfleet predict "
-                f"reads --token-file or ${TOKEN_ENV})",
+                f"reads --serve-token-file or ${TOKEN_ENV})",
                 headers={"WWW-Authenticate": challenge},
             )
 

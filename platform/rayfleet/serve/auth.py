@@ -14,7 +14,7 @@ config and returns them in its deployment details (`serve config`, the dashboard
 GET /api/serve/applications/), and `rayfleet render` prints the args. A spec only names the
 Secret.
 
-Clients (`rayfleet predict`, `PredictClient`) send the token from --token-file or
+Clients (`rayfleet predict`, `PredictClient`) send the token from --serve-token-file or
 RAYFLEET_SERVE_TOKEN. No message here ever contains a token.
 """
 
@@ -62,12 +62,12 @@ def read_token_file(path: str, *, server: bool = True) -> str:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise ServeAuthError(f"--token-file {path}: cannot read it ({reason})") from None
-    return check_token(text, f"--token-file {path}", server=server)
+        raise ServeAuthError(f"--serve-token-file {path}: cannot read it ({reason})") from None
+    return check_token(text, f"--serve-token-file {path}", server=server)
 
 
 def client_token(token_file: str | None = None) -> str | None:
-    """What a client sends: --token-file, else $RAYFLEET_SERVE_TOKEN, else nothing."""
+    """What a client sends: --serve-token-file, else $RAYFLEET_SERVE_TOKEN, else nothing."""
     if token_file:
         return read_token_file(token_file, server=False)
     value = os.environ.get(TOKEN_ENV, "")
@@ -84,7 +84,7 @@ def server_token(where: str) -> str:
         raise ServeAuthError(
             f"{where}: spec.auth is on but {TOKEN_ENV} is not set in the replicas' environment; "
             f"on Kubernetes set it from the Secret spec.auth.tokenSecretName names (key "
-            f"`token`), locally start `rayfleet serve` with {TOKEN_ENV} set or --token-file"
+            f"`token`), locally start `rayfleet serve` with {TOKEN_ENV} set or --serve-token-file"
         )
     return check_token(value, f"{where}: ${TOKEN_ENV}")
 

@@ -106,7 +106,7 @@ class ServeAuth(SpecModel):
     The spec names a Secret, never the token: a spec is printed, rendered and stored in
     places a token must not be. The replicas read the token from RAYFLEET_SERVE_TOKEN, which
     the RayService sets from this Secret's key `token` (locally: `rayfleet serve` with
-    RAYFLEET_SERVE_TOKEN set or --token-file)."""
+    RAYFLEET_SERVE_TOKEN set or --serve-token-file)."""
 
     token_secret_name: str = Field(
         min_length=1,
