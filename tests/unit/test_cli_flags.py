@@ -79,3 +79,52 @@ def test_the_ray_token_and_serves_token_have_their_own_names():
     assert all("Ray auth token" in text for text in uses["--token-file"].values())
     assert set(uses["--serve-token-file"]) == {"serve start", "predict"}
     assert all("bearer token" in text for text in uses["--serve-token-file"].values())
+
+
+# ------------------------------------------------- flags declared on the options they fill
+
+
+def test_import_flags_are_the_import_options_fields():
+    from dataclasses import fields
+
+    from rayfleet.data.options import ImportOptions
+
+    uses = flag_uses()
+    declared = {f"--{f.name.replace('_', '-')}" for f in fields(ImportOptions)}
+    taken = {flag for flag, by_cmd in uses.items() if "data import source" in by_cmd}
+    assert declared == taken - {"--output"}
+    # digits shares the split's flags, declared once
+    for flag in ("--seed", "--val-fraction"):
+        assert uses[flag]["data import digits"] == uses[flag]["data import source"]
+
+
+def test_the_library_call_is_checked_as_the_flag_is():
+    from rayfleet.data.options import ImportOptions
+    from rayfleet.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"^--vocab-size 2: must be >= 3$"):
+        ImportOptions(vocab_size=2)
+    with pytest.raises(BadInputError, match=r"^--val-fraction 0.9: must be >= 0.05 and <= 0.5$"):
+        ImportOptions(val_fraction=0.9)
+
+
+def test_options_from_parses_text_and_keeps_defaults():
+    from rayfleet.data.options import IMPORT_FLAGS, ImportOptions
+    from rayfleet.flags import options_from
+
+    got = options_from(
+        ImportOptions, IMPORT_FLAGS, {"features": "a, b,,c", "size": "32x16", "shards": None}
+    )
+    assert got == ImportOptions(features=["a", "b", "c"], size=(32, 16))
+    assert options_from(ImportOptions, IMPORT_FLAGS, {}) == ImportOptions()
+
+
+def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    (tmp_path / "t.csv").write_text("x,y\n1,0\n2,1\n")
+    args = ["data", "import", str(tmp_path / "t.csv"), str(tmp_path / "out"), "--label", "y"]
+    result = CliRunner().invoke(app, [*args, "--size", "3"])
+    assert result.exit_code == 2
+    assert "--size '3': use HxW with positive whole numbers, e.g. 32x32" in result.output
+    assert not (tmp_path / "out").exists()

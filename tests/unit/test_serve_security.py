@@ -294,7 +294,8 @@ def test_rayfleet_serve_refuses_auth_without_a_token(tmp_path):
     result = run()
     assert result.returncode == 2, result.stdout + result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "RAYFLEET_SERVE_TOKEN" in error[0] and "--serve-token-file" in error[0]
+    assert len(error) == 1 and "RAYFLEET_SERVE_TOKEN" in error[0]
+    assert "--serve-token-file" in error[0]
     assert not (store / "runs/digits/pins").exists()  # refused before anything was written
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
@@ -365,7 +366,8 @@ def test_rayfleet_predict_reads_the_token_from_env_or_file(authed_server, tmp_pa
     monkeypatch.setenv("RAYFLEET_SERVE_TOKEN", TOKEN)
     by_env = CliRunner().invoke(_serve_cli(), args)
     assert by_env.exit_code == 0, by_env.output
-    missing = CliRunner().invoke(_serve_cli(), [*args, "--serve-token-file", str(tmp_path / "nope")])
+    nope = str(tmp_path / "nope")
+    missing = CliRunner().invoke(_serve_cli(), [*args, "--serve-token-file", nope])
     assert missing.exit_code == 2 and "--serve-token-file" in missing.output
 
 

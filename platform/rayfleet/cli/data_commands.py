@@ -8,17 +8,21 @@ word routes to the hidden `source` command, so `data import digits DEST` and
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from typer.core import TyperGroup
 
-from rayfleet.cli.output import Output, OutputOption, console, handle_errors, print_json
+from rayfleet.cli.options import with_flags
+from rayfleet.cli.output import Output, OutputOption, console, print_json
+from rayfleet.data.options import IMPORT_FLAGS, SPLIT_FLAGS, ImportOptions
+from rayfleet.flags import options_from
 from rayfleet.lazy import lazy
 from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import parse_uri
 
 # The work, imported when a command runs: scikit-learn (digits), pandas and pyarrow (imports).
 digits = lazy("rayfleet.data.digits")
-images = lazy("rayfleet.data.images")
 imports = lazy("rayfleet.data.imports")
 
 
@@ -62,59 +66,32 @@ def _result(target, info, output: Output) -> None:
 
 
 @import_app.command("digits")
-@handle_errors
+@with_flags(SPLIT_FLAGS)
 def import_digits_cmd(
     uri: str = typer.Argument(..., help="Destination: s3://bucket/datasets/digits or a path."),
-    seed: int = typer.Option(0, help="Seed of the stratified train/val split."),
-    val_fraction: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of rows for val."),
     shards: int = typer.Option(4, min=1, max=64, help="Parquet files in the train split."),
     output: Output = OutputOption,
+    **split: Any,
 ) -> None:
     """Write scikit-learn's handwritten digits as Parquet shards (train/val) to URI."""
     target = parse_uri(uri)
     preflight(target)
-    info = digits.import_digits(target, val_fraction=val_fraction, seed=seed, shards=shards)
+    info = digits.import_digits(target, shards=shards, **split)
     _result(target, info, output)
 
 
 @import_app.command("source", hidden=True)
-@handle_errors
+@with_flags(IMPORT_FLAGS)
 def import_source_cmd(
     source: str = typer.Argument(
         ..., help="CSV/Parquet file or folder, or an image folder (one sub-folder per class)."
     ),
     dest: str = typer.Argument(..., help="Destination: s3://bucket/datasets/NAME or a path."),
-    label: str | None = typer.Option(None, help="Label column (tables and text)."),
-    features: str | None = typer.Option(
-        None, help="Feature columns, comma-separated (default: every column but the label)."
-    ),
-    text: str | None = typer.Option(None, help="Text column: makes a text dataset."),
-    vocab_size: int = typer.Option(20_000, min=3, help="Text: vocabulary entries in all."),
-    max_length: int = typer.Option(128, min=1, help="Text: token ids per example."),
-    size: str | None = typer.Option(None, help="Images: HxW (default: the first image's)."),
-    val_fraction: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of rows for val."),
-    seed: int = typer.Option(0, help="Seed of the stratified train/val split."),
-    shards: int | None = typer.Option(
-        None, min=1, max=4096, help="Parquet files in the train split (default: ~64 MB each)."
-    ),
-    name: str | None = typer.Option(None, help="Dataset name (default: SOURCE's file name)."),
-    overwrite: bool = typer.Option(False, help="Replace a dataset already at DEST."),
     output: Output = OutputOption,
+    **values: Any,
 ) -> None:
     """Import your own table, text or image folder into DEST as train/val Parquet parts."""
     target = parse_uri(dest)  # preflight runs inside, once SOURCE and DEST are checked
-    options = imports.ImportOptions(
-        label=label,
-        features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
-        text=text,
-        vocab_size=vocab_size,
-        max_length=max_length,
-        size=images.parse_size(size),
-        val_fraction=val_fraction,
-        seed=seed,
-        shards=shards,
-        name=name,
-        overwrite=overwrite,
-    )
+    options = options_from(ImportOptions, IMPORT_FLAGS, values)
     info = imports.import_source(source, target, options)
     _result(target, info, output)

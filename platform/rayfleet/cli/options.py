@@ -4,14 +4,24 @@ A flag name means one thing across `rayfleet`: `--token-file` is the Ray auth to
 (`--serve-token-file` is Serve's bearer token), `--context` a named Ray cluster (kubectl
 rayfleet's kubeconfig context is `--kube-context`), `--storage` a storage root or URI.
 tests/unit/test_cli_flags.py holds every shared flag to one meaning.
+
+Flags that fill an options dataclass are declared on it (rayfleet.flags) and become typer
+options through `with_flags`: `rayfleet render` (RenderOptions) and `data import`
+(ImportOptions).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
+
+from rayfleet.cli.output import handle_errors
+from rayfleet.flags import Flag
 
 SetOption = typer.Option(
     None, "--set", help="Override a spec field: key.path=value (repeatable), e.g. spec.run.epochs=3"
@@ -62,3 +72,40 @@ class SpecOrCommand(TyperGroup):
             if first not in self.commands or Path(first).is_file():
                 args = [self.default_command, *args]
         return super().parse_args(ctx, args)
+
+
+def flag_parameter(flag: Flag) -> inspect.Parameter:
+    """A rayfleet.flags Flag as a keyword parameter typer reads as an option."""
+    if flag.repeat:
+        annotation: Any = list[flag.type]  # type: ignore[name-defined]
+        default = typer.Option(None, flag.option, metavar=flag.metavar, help=flag.help)
+    else:
+        annotation = flag.type if flag.default is not None else flag.type | None
+        bounds = {
+            key: value
+            for key, value in (("min", flag.minimum), ("max", flag.maximum))
+            if value is not None
+        }
+        shown = {} if flag.type is bool else {"metavar": flag.metavar}
+        default = typer.Option(flag.default, flag.option, help=flag.help, **shown, **bounds)
+    return inspect.Parameter(
+        flag.field, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+def with_flags(flags: Iterable[Flag]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the command with its `**values` replaced by one keyword option per flag
+    (typer reads the signature), errors handled as every command's are. The command gets the
+    flags' values in `values`, keyed by field name (rayfleet.flags.options_from)."""
+    flags = tuple(flags)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn, eval_str=True)
+        fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        command = handle_errors(fn)
+        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=fixed + [flag_parameter(f) for f in flags]
+        )
+        return command
+
+    return decorate

@@ -35,16 +35,6 @@ class ImageOptions:
     shards: int | None = None
 
 
-def parse_size(value: str | None) -> tuple[int, int] | None:
-    """Parse --size: "32x32" -> (32, 32), height x width."""
-    if value is None:
-        return None
-    h, sep, w = value.lower().partition("x")
-    if not sep or not h.isdigit() or not w.isdigit() or int(h) < 1 or int(w) < 1:
-        raise DatasetError(f"--size {value!r}: use HxW with positive whole numbers, e.g. 32x32")
-    return int(h), int(w)
-
-
 def list_classes(fs: pafs.FileSystem, root: StorageURI) -> dict[str, list[str]]:
     """Class name -> sorted image paths, for sub-folders of `root` that hold images."""
     classes: dict[str, list[str]] = {}

@@ -10,12 +10,11 @@ this import did not write) makes it refuse, so an import never deletes a user's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pyarrow.fs as pafs
 
 from rayfleet.data.images import EXTENSIONS, ImageOptions, import_images
 from rayfleet.data.layout import DESCRIPTOR, SPLITS, DatasetInfo
+from rayfleet.data.options import ImportOptions
 from rayfleet.data.tables import Source, TableOptions, import_table
 from rayfleet.data.writer import STAGING_PREFIX, Staging
 from rayfleet.errors import DatasetError
@@ -24,21 +23,6 @@ from rayfleet.storage.preflight import preflight
 from rayfleet.storage.uri import StorageURI, parse_uri
 
 TABLE_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    label: str | None = None
-    features: list[str] | None = None
-    text: str | None = None
-    vocab_size: int = 20_000
-    max_length: int = 128
-    size: tuple[int, int] | None = None
-    val_fraction: float = 0.2
-    seed: int = 0
-    shards: int | None = None
-    name: str | None = None
-    overwrite: bool = False
 
 
 def _format(path: str) -> str | None:

@@ -6,9 +6,9 @@ metrics) belongs to the cluster. The defaults name the shared objects `manifests
 and the KubeRay operator's namespace from the documented install, so an overlay applies
 without flags.
 
-Each field is declared once, here, with its flag and help: `rayfleet render` (cli/
-render_commands.py) and the operator (`python -m rayfleet.k8s.operator`, which takes the flags
-that apply to a RayService) build their flags from `FLAGS`, and `to_args` writes the
+Each field is declared once, here, with its flag and help (rayfleet.flags): `rayfleet render`
+(cli/render_commands.py) and the operator (`python -m rayfleet.k8s.operator`, which takes the
+flags that apply to a RayService) build their flags from `FLAGS`, and `to_args` writes the
 non-default ones back (the header of a rendered file; the chart's operator Deployment passes
 the same names).
 """
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rayfleet.errors import BadInputError
+from rayfleet.flags import Flag, check_bounds, flags_of, option, options_from
 
 DEFAULT_SERVICE_ACCOUNT = "rayfleet"
 DEFAULT_STORAGE_CONFIG = "rayfleet-storage"
@@ -44,10 +44,8 @@ def _option(
     scope: str = ALL,
     metavar: str | None = None,
 ) -> Any:
-    """A RenderOptions field with its command-line flag. Tuple fields are repeatable flags
-    (one value each); `flag` defaults to the field name in kebab case."""
-    meta = {"help": help, "flag": flag, "minimum": minimum, "scope": scope, "metavar": metavar}
-    return field(default=default, metadata=meta)
+    """A RenderOptions field with its command-line flag (rayfleet.flags.option) and `scope`."""
+    return option(default, help, flag=flag, minimum=minimum, metavar=metavar, scope=scope)
 
 
 @dataclass(frozen=True)
@@ -158,10 +156,7 @@ class RenderOptions:
         for name in ("serve_from", "scrape_from"):
             peers = tuple(_peer(p, name) for p in getattr(self, name))
             object.__setattr__(self, name, peers)
-        for f in fields(self):
-            minimum = f.metadata.get("minimum")
-            if minimum is not None and getattr(self, f.name) < minimum:
-                raise BadInputError(f"--{flag_name(f)}: must be >= {minimum}")
+        check_bounds(self)
         for port in self.egress_ports:
             if not 1 <= port <= 65535:
                 raise BadInputError(f"egress port {port} is not a TCP port (1-65535)")
@@ -206,91 +201,15 @@ def _peer(value: Any, field_name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- the flags
 
 
-@dataclass(frozen=True)
-class Flag:
-    """One RenderOptions field as a command-line option."""
-
-    field: str
-    name: str  # without the dashes
-    type: type  # of one value: str or int
-    default: Any
-    help: str
-    repeat: bool
-    minimum: int | None
-    scope: str
-    metavar: str
-
-    @property
-    def option(self) -> str:
-        return f"--{self.name}"
-
-    def format(self, value: Any) -> list[str]:
-        """`--name=value` (once per item for a repeatable flag)."""
-        items = value if self.repeat else (value,)
-        return [f"{self.option}={_text(item)}" for item in items]
-
-
-def flag_name(f: Any) -> str:
-    return f.metadata.get("flag") or f.name.replace("_", "-")
-
-
-def _text(value: Any) -> str:
-    return (
-        json.dumps(value, sort_keys=True, separators=(",", ":"))
-        if isinstance(value, dict)
-        else str(value)
-    )
-
-
-def _value_type(hint: Any) -> type:
-    """int for int fields (and tuples of ints), else str (text, or JSON for a peer)."""
-    if typing.get_origin(hint) is tuple:
-        hint = typing.get_args(hint)[0]
-    return int if hint is int else str
-
-
-def _metavar(f: Any, hint: Any) -> str:
-    """`--head-memory MEMORY`, `--backoff-limit N`."""
-    return "N" if _value_type(hint) is int else flag_name(f).rsplit("-", 1)[-1].upper()
-
-
-def _flags() -> tuple[Flag, ...]:
-    hints = typing.get_type_hints(RenderOptions)
-    return tuple(
-        Flag(
-            field=f.name,
-            name=flag_name(f),
-            type=_value_type(hints[f.name]),
-            default=f.default,
-            help=f.metadata["help"],
-            repeat=isinstance(f.default, tuple),
-            minimum=f.metadata.get("minimum"),
-            scope=f.metadata["scope"],
-            metavar=f.metadata["metavar"] or _metavar(f, hints[f.name]),
-        )
-        for f in fields(RenderOptions)
-    )
-
-
-FLAGS: tuple[Flag, ...] = _flags()
-OPERATOR_FLAGS: tuple[Flag, ...] = tuple(f for f in FLAGS if f.scope == ALL)
+FLAGS: tuple[Flag, ...] = flags_of(RenderOptions)
+OPERATOR_FLAGS: tuple[Flag, ...] = tuple(f for f in FLAGS if f.meta["scope"] == ALL)
 """What shapes a RayService: the operator's flags (no namespace, no RayJob settings)."""
 
 
 def from_flags(values: Mapping[str, Any]) -> RenderOptions:
     """RenderOptions from parsed flags keyed by field name; a repeatable flag given no value
     (None or empty) keeps its default. BadInputError for a bad value."""
-    kwargs = {}
-    for flag in FLAGS:
-        if flag.field not in values:
-            continue
-        value = values[flag.field]
-        if flag.repeat:
-            if not value:
-                continue
-            value = tuple(value)
-        kwargs[flag.field] = value
-    return RenderOptions(**kwargs)
+    return options_from(RenderOptions, FLAGS, values)
 
 
 def to_args(options: RenderOptions) -> list[str]:
