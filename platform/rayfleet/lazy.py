@@ -81,6 +81,12 @@ class LazyModule(ModuleType):
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._load(), attr)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickles as the stand-in it is (cloudpickle copies a class defined in a function
+        with the module globals it names: a Ray Train callback ships to its controller)."""
+        purpose, install = self.__dict__["_lazy"]
+        return LazyModule, (self.__name__, purpose, install)
+
     def __dir__(self) -> list[str]:
         return dir(self._load())
 

@@ -240,6 +240,19 @@ def test_lazy_imports_on_first_use_only():
     assert loaded["rayfleet.cli"] is False
 
 
+def test_a_lazy_module_pickles_as_a_lazy_module():
+    """A callback class defined in a function is pickled by value with the globals it names
+    (cloudpickle, as Ray ships callbacks): a stand-in there must pickle (a lock would not)."""
+    import pickle
+
+    import cloudpickle
+
+    stand_in = lazy("xml.dom.minidom", purpose="testing")
+    copy = pickle.loads(cloudpickle.dumps(stand_in))
+    assert repr(copy) == "<lazy module 'xml.dom.minidom' (not imported yet)>"
+    assert copy.parseString("<a/>").documentElement.tagName == "a"
+
+
 def test_a_missing_module_fails_at_first_use_with_the_remedy():
     missing = lazy("rayfleet_no_such_module.sub", purpose="testing", install="rayfleet[test]")
     with pytest.raises(MissingDependencyError) as err:

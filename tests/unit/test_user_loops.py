@@ -13,6 +13,7 @@ from rayfleet.storage.checkpoints import (
     list_checkpoints,
     newest_verified,
     stamp_persisted,
+    verify,
     write_manifest,
 )
 
@@ -109,3 +110,62 @@ def test_a_user_loops_epochs_come_from_its_config_and_do_not_change_its_identity
     assert short.spec_hash() == long.spec_hash()  # more epochs continue the same training
     assert _user_job({"epochs": 2, "lr": 0.2}).spec_hash() != short.spec_hash()
     assert _user_job({"lr": 0.1}).epochs_planned() == 10  # run.epochs
+
+
+# ------------------------------------ numbering the reports of a loop with no `epoch` metric
+
+
+def _persisted(root, seq: int):
+    """A checkpoint as Ray Train persists one (its naming, no manifest yet)."""
+    from ray.train import Checkpoint
+
+    folder = _checkpoint(root, f"checkpoint_2026-12-02_03-30-00.{seq:06d}", f"w{seq}".encode())
+    return Checkpoint(path=str(folder), filesystem=FS)
+
+
+def _stamped_epoch(checkpoint) -> int:
+    """The epoch in the manifest rayfleet stamped on a reported checkpoint."""
+    verified = verify(FS, checkpoint.path)
+    assert verified.ok, verified.reason
+    return verified.manifest["meta"]["epoch"]
+
+
+def test_reports_are_counted_from_where_the_worker_group_resumed(tmp_path):
+    """Epochs 0-2 reported, epoch 2's checkpoint torn by the failure: the restarted group
+    resumes from epoch 1's and its next report is epoch 2 again, not 3; a relaunched fit()
+    (a new trainer of the same run) counts on from the newest verified checkpoint."""
+    from rayfleet.train.reporting import ReportEpochs, RunReporter
+
+    def reporter():
+        numbering = ReportEpochs(str(tmp_path))
+        return RunReporter(channel=None, spec_hash="h", epochs=None, numbering=numbering)
+
+    first = reporter()
+    reported = [_persisted(tmp_path, seq) for seq in range(3)]
+    for checkpoint in reported:
+        first.after_report(None, [{"loss": 1.0}, {"loss": 1.0}], checkpoint)
+    assert [_stamped_epoch(c) for c in reported[:2]] == [0, 1]
+    (tmp_path / reported[2].path.rsplit("/", 1)[1] / "model.pt").write_bytes(b"torn")
+
+    first.after_exception(None, {1: RuntimeError("node lost")})
+    again = _persisted(tmp_path, 3)
+    first.after_report(None, [{"loss": 0.5}], again)
+    assert _stamped_epoch(again) == 2 and first.numbering.last == 2
+    first.after_report(None, [{"loss": 0.4}], None)  # no checkpoint: still counted
+    assert first.numbering.last == 3
+
+    relaunched = reporter()  # a new fit() of the run: resumes from epoch 2's checkpoint
+    later = _persisted(tmp_path, 4)
+    relaunched.after_report(None, [{"loss": 0.3}], later)
+    assert _stamped_epoch(later) == 3
+
+
+def test_a_just_in_time_report_stands_for_the_epoch_in_progress(tmp_path):
+    from rayfleet.train.preemption import PREEMPTION_KEY
+    from rayfleet.train.reporting import ReportEpochs
+
+    numbering = ReportEpochs(str(tmp_path))
+    assert numbering.of({"loss": 1.0}) == 0
+    assert numbering.of({"loss": 1.0, PREEMPTION_KEY: 7}, advance=False) == 1
+    assert numbering.of({"loss": 0.9}) == 1
+    assert numbering.of({"epoch": 5}) == 5 and numbering.of({}) == 6

@@ -209,15 +209,15 @@ def build_trainer(
     *,
     run_uri: StorageURI | None = None,
     callbacks: list | None = None,
-    next_epoch: int = 0,
+    numbering: Any = None,
 ):
     """The TorchTrainer for a job: DDP (gloo on CPU, NCCL on GPU), storage, failure policy.
 
     The run lives at `run_uri` (default `<storage>/runs/<name>`; a sweep puts each trial's
     run inside its trial folder). `callbacks` are more Ray Train callbacks (e.g. Tune
     reporting), called after rayfleet's RunReporter, which stamps manifests on persisted
-    checkpoints and sends rank 0's metrics to `channel`; `next_epoch` numbers the reports of
-    a loop that reports no `epoch` metric (the epoch after the one resumed from).
+    checkpoints and sends rank 0's metrics to `channel`; `numbering` (a reporting.ReportEpochs
+    of this run, made here when not given) is how they all tell which epoch a report is.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -263,7 +263,7 @@ def build_trainer(
                     channel=channel,
                     spec_hash=job.spec_hash(),
                     epochs=job.epochs_planned(),
-                    next_epoch=next_epoch,
+                    numbering=numbering or reporting.ReportEpochs(str(run_uri)),
                 ),
                 waiting.waiting_callback(channel, spec.scaling.fewest_workers, wait),
                 *(callbacks or []),
@@ -478,13 +478,10 @@ def run_train_job(
         handler = clock.watching(_recording_epochs(fs, run_uri, notify, last, tally))
         poller = _Poller(_progress_channel(), handler)
         poller.start()
-        next_epoch = resume_from.epoch + 1 if resume_from is not None else 0
         try:
             clock.mark("worker group")
             attempts, error = fit_with_retries(
-                job,
-                lambda: build_trainer(job, poller.channel, sys_path, next_epoch=next_epoch),
-                notify,
+                job, lambda: build_trainer(job, poller.channel, sys_path), notify
             )
         finally:
             poller.close()

@@ -63,6 +63,14 @@ PREEMPTION_KEY = "preemptionStep"
 # The manifest meta key with where in the epoch a just-in-time checkpoint was written.
 POSITION_KEY = "preemption"
 
+
+def continues_at(epoch: int, meta: dict[str, Any]) -> int:
+    """The epoch a loop resumed from a checkpoint of `epoch` (manifest meta `meta`) trains
+    and reports next: the following one, or `epoch` itself for a just-in-time checkpoint
+    written mid-epoch."""
+    return epoch if int((meta.get(POSITION_KEY) or {}).get("step", 0)) else epoch + 1
+
+
 DEFAULT_CHECK_EVERY_S = 2.0  # Ray Train itself polls the drains every 5 s; a check costs ~8 ms
 DEFAULT_SAVE_ESTIMATE_S = 3.0  # until this worker group has timed a checkpoint of its own
 SAVE_MARGIN = 1.5  # a save under a notice can be slower than the ones timed before

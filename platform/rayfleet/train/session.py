@@ -47,7 +47,13 @@ from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.logs import LOGS_DIR, ship_output
 from rayfleet.storage.uri import StorageURI, parse_uri
 from rayfleet.train import busy
-from rayfleet.train.preemption import POSITION_KEY, NoticeWatch, describe, save_and_report
+from rayfleet.train.preemption import (
+    POSITION_KEY,
+    NoticeWatch,
+    continues_at,
+    describe,
+    save_and_report,
+)
 
 _PROGRESS_INTERVAL_S = 0.5
 
@@ -69,7 +75,7 @@ class Resume:
     @property
     def next_epoch(self) -> int:
         """The epoch a loop continues with."""
-        return self.epoch if self.step else self.epoch + 1
+        return continues_at(self.epoch, self.meta)
 
     def first_step(self, world_size: int) -> int:
         """The step of `next_epoch` to continue at. A different world size shards the data

@@ -25,6 +25,7 @@ from rayfleet.specs import TrainJob, parse_spec
 from rayfleet.storage.checkpoints import CheckpointRef, newest_verified
 from rayfleet.storage.filesystem import filesystem_for
 from rayfleet.storage.uri import StorageURI, parse_uri
+from rayfleet.train.preemption import continues_at
 from rayfleet.tune.space import trial_doc
 
 # Ray Train: loaded in the trial's process, not by the sweep CLI that names trial folders.
@@ -54,24 +55,23 @@ def trial_name(trial_id: str) -> str:
     return "trial-" + trial_id.replace("_", "-").lower()
 
 
-def _report_callback(next_epoch: int):
+def _report_callback(numbering):
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class EpochReport(TuneReportCallback):
-        """Tune's forwarding callback, plus the epochs the run has completed (a plain Ray
-        Train loop that reports no `epoch` counts its reports, from the resumed epoch)."""
+        """Tune's forwarding callback, plus the epochs the run has completed: the epoch the
+        trainer's RunReporter, called first with the same `numbering`, gave the report (a
+        plain Ray Train loop that reports no `epoch` is counted from where it resumed)."""
 
-        def __init__(self, next_epoch: int):
+        def __init__(self, numbering):
             super().__init__()
-            self.next_epoch = next_epoch
+            self.numbering = numbering
 
         def after_report(self, run_context, metrics, checkpoint):
-            epoch = reporting.report_epoch(metrics[0], self.next_epoch)
-            self.next_epoch = epoch + 1
-            first = {**metrics[0], EPOCHS_DONE: epoch + 1}
+            first = {**metrics[0], EPOCHS_DONE: self.numbering.last + 1}
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
-    return EpochReport(next_epoch)
+    return EpochReport(numbering)
 
 
 def run_trial(
@@ -102,22 +102,23 @@ def run_trial(
     def log(event: dict[str, Any]) -> None:
         print(f"[{trial_id}] {event.get('message', event)}", flush=True)
 
-    next_epoch = ref.epoch + 1 if ref is not None else 0
     if in_process:
+        next_epoch = continues_at(ref.epoch, ref.meta) if ref is not None else 0
         _train_in_process(job, run_uri, channel, sys_path, next_epoch)
         return
-    _, error = launcher.fit_with_retries(
-        job,
-        lambda: launcher.build_trainer(
+
+    def trainer():
+        numbering = reporting.ReportEpochs(str(run_uri))  # one for both callbacks
+        return launcher.build_trainer(
             job,
             channel,  # the sweep driver's: its workers' busy time goes to the trial's record
             sys_path,
             run_uri=run_uri,
-            callbacks=[_report_callback(next_epoch)],
-            next_epoch=next_epoch,
-        ),
-        log,
-    )
+            callbacks=[_report_callback(numbering)],
+            numbering=numbering,
+        )
+
+    _, error = launcher.fit_with_retries(job, trainer, log)
     if error is not None:
         raise error
 
