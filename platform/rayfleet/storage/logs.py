@@ -271,7 +271,6 @@ class ship_output:
         sys.stdout = Tee(self.native.python_stream(1, out), self.shipper, fd=1)
         sys.stderr = Tee(self.native.python_stream(2, err), self.shipper, fd=2)
         return self.shipper
-        return self.shipper
 
     def __exit__(self, *exc) -> None:
         sys.stdout, sys.stderr = self.saved
